@@ -1,0 +1,343 @@
+"""Cross-rank communication behind one small seam.
+
+Everything the library does across ranks goes through a :class:`Collectives` object: a launched
+Lightning ``Fabric`` (:class:`FabricCollectives`), an initialised ``torch.distributed`` process group
+(:class:`TorchCollectives`), or nothing at all (:class:`LocalCollectives`). Which one is used is
+decided by :func:`resolve_collectives` *at call time*, so a tracker may be built before the process
+group exists.
+
+Subclasses implement three same-shape primitives (``_all_gather_same``, ``_all_reduce_sum`` and
+``_barrier``); the base class builds on them what metrics need: gathers of tensors whose shapes
+differ between ranks (pad, gather, trim), and gathers of small Python objects.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+
+__all__ = [
+    "Collectives",
+    "FabricCollectives",
+    "LocalCollectives",
+    "TorchCollectives",
+    "resolve_collectives",
+    "valid_sample_count",
+]
+
+_MAX_DIMS = 8
+_DTYPES = [
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
+    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+]
+
+
+class Collectives(ABC):
+    """Collective operations over the ranks of one job.
+
+    Every rank must make the same calls in the same order; the methods here never branch on the
+    local data in a way that changes the sequence of underlying collectives.
+    """
+
+    @property
+    @abstractmethod
+    def world_size(self) -> int:
+        """Number of ranks."""
+
+    @property
+    @abstractmethod
+    def rank(self) -> int:
+        """Global rank of this process."""
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the rank that logs."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device that tensors must be on to be communicated."""
+        return torch.device("cpu")
+
+    @abstractmethod
+    def _all_gather_same(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Gather one tensor of identical shape and dtype from every rank (on :attr:`device`)."""
+
+    @abstractmethod
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum one tensor of identical shape and dtype over ranks (on :attr:`device`)."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait until every rank reaches this point."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of ``tensor`` over ranks, returned on the tensor's own device.
+
+        Args:
+            tensor: a tensor of the same shape and dtype on every rank.
+
+        Returns:
+            The sum, on ``tensor.device``.
+        """
+        if self.world_size == 1:
+            return tensor
+        return self._all_reduce_sum(tensor.to(self.device)).to(tensor.device)
+
+    def all_gather_list(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Gather a tensor whose shape may differ between ranks.
+
+        The shapes are exchanged first, every tensor is padded to the largest shape, gathered, and
+        trimmed back. An empty tensor whose number of dimensions differs from the others (a rank
+        that saw no data) comes back as an empty tensor shaped like the others' trailing
+        dimensions, so the results concatenate.
+
+        Args:
+            tensor: this rank's tensor (any device, any dtype, at most 8 dimensions).
+
+        Returns:
+            One tensor per rank, in rank order, on ``tensor.device``.
+        """
+        if self.world_size == 1:
+            return [tensor]
+        if tensor.dim() > _MAX_DIMS:
+            raise ValueError(f"Cannot gather a tensor with {tensor.dim()} dimensions (at most {_MAX_DIMS}).")
+        header = torch.zeros(_MAX_DIMS + 2, dtype=torch.int64)
+        header[0] = _DTYPES.index(tensor.dtype)
+        header[1] = tensor.dim()
+        header[2 : 2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+        headers = [h.tolist() for h in self._all_gather_same(header.to(self.device))]
+        shapes, dtype = _common_layout(
+            [tuple(h[2 : 2 + h[1]]) for h in headers], [_DTYPES[h[0]] for h in headers]
+        )
+        ndim = len(shapes[0])
+        local_shape = shapes[self.rank]
+        max_shape = [max(s[d] for s in shapes) for d in range(ndim)]
+        payload, restore = _to_transport(tensor.reshape(local_shape).to(dtype))
+        padded = torch.zeros(max_shape, dtype=payload.dtype, device=self.device)
+        padded[tuple(slice(0, n) for n in local_shape)] = payload.to(self.device)
+        gathered = self._all_gather_same(padded)
+        return [
+            restore(g[tuple(slice(0, n) for n in shape)]).to(tensor.device)
+            for g, shape in zip(gathered, shapes, strict=True)
+        ]
+
+    def all_gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate along the first dimension the tensors of every rank, in rank order.
+
+        Args:
+            tensor: this rank's samples; sizes along the first dimension may differ between ranks
+                and may be zero.
+
+        Returns:
+            The concatenation, on ``tensor.device``.
+        """
+        if self.world_size == 1:
+            return tensor
+        return torch.cat(self.all_gather_list(tensor), dim=0)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Gather a small picklable object from every rank.
+
+        Args:
+            obj: this rank's object (statuses, shapes, results: keep it small).
+
+        Returns:
+            One object per rank, in rank order.
+        """
+        if self.world_size == 1:
+            return [obj]
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        return [pickle.loads(t.numpy().tobytes()) for t in self.all_gather_list(data)]
+
+    def torchmetrics_sync_fn(self, tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+        """A ``dist_sync_fn`` for :meth:`torchmetrics.Metric.sync` that uses this backend.
+
+        Args:
+            tensor: one metric state on this rank.
+            group: must be ``None``; the whole world takes part.
+
+        Returns:
+            The state of every rank, in rank order.
+        """
+        if group is not None:
+            raise ValueError("fabricmetrics synchronises metric states over the whole world; got a process group.")
+        return self.all_gather_list(tensor)
+
+
+class LocalCollectives(Collectives):
+    """A single process: every collective is the identity."""
+
+    @property
+    def world_size(self) -> int:
+        """Always 1."""
+        return 1
+
+    @property
+    def rank(self) -> int:
+        """Always 0."""
+        return 0
+
+    def _all_gather_same(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def barrier(self) -> None:
+        """Nothing to wait for."""
+
+
+class TorchCollectives(Collectives):
+    """An initialised default ``torch.distributed`` process group (e.g. under ``torchrun``)."""
+
+    @property
+    def world_size(self) -> int:
+        """World size of the default process group."""
+        return dist.get_world_size()
+
+    @property
+    def rank(self) -> int:
+        """Global rank in the default process group."""
+        return dist.get_rank()
+
+    @property
+    def device(self) -> torch.device:
+        """The current CUDA device for NCCL, the CPU otherwise."""
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def _all_gather_same(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(out, tensor.contiguous())
+        return out
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        """``torch.distributed.barrier()``."""
+        dist.barrier()
+
+
+class FabricCollectives(Collectives):
+    """The collectives of a launched :class:`lightning_fabric.Fabric`."""
+
+    def __init__(self, fabric: Fabric) -> None:
+        """Wrap ``fabric``.
+
+        Args:
+            fabric: a launched ``Fabric``; its ``all_gather``, ``all_reduce`` and ``barrier`` are used.
+        """
+        self.fabric = fabric
+
+    @property
+    def world_size(self) -> int:
+        """``fabric.world_size``."""
+        return int(self.fabric.world_size)
+
+    @property
+    def rank(self) -> int:
+        """``fabric.global_rank``."""
+        return int(self.fabric.global_rank)
+
+    @property
+    def device(self) -> torch.device:
+        """``fabric.device``."""
+        return torch.device(self.fabric.device)
+
+    def _all_gather_same(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        gathered = self.fabric.all_gather(tensor.contiguous())
+        assert isinstance(gathered, torch.Tensor)
+        return list(gathered.unbind(0))
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        reduced = self.fabric.all_reduce(tensor.clone(), reduce_op="sum")
+        assert isinstance(reduced, torch.Tensor)
+        return reduced
+
+    def barrier(self) -> None:
+        """``fabric.barrier()``."""
+        self.fabric.barrier()
+
+
+_LOCAL = LocalCollectives()
+
+
+def resolve_collectives(fabric: Fabric | None = None) -> Collectives:
+    """Pick the collectives to use now.
+
+    Args:
+        fabric: a ``Fabric`` to communicate through, if any.
+
+    Returns:
+        :class:`FabricCollectives` for a ``Fabric`` running more than one process,
+        :class:`TorchCollectives` for an initialised ``torch.distributed`` default group of more than
+        one process, :class:`LocalCollectives` otherwise.
+
+    Example:
+        >>> resolve_collectives().world_size
+        1
+    """
+    if fabric is not None:
+        return FabricCollectives(fabric) if fabric.world_size > 1 else _LOCAL
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return TorchCollectives()
+    return _LOCAL
+
+
+def valid_sample_count(num_samples: int, world_size: int, rank: int) -> int:
+    """Number of real samples a ``DistributedSampler`` (``drop_last=False``) gives ``rank``.
+
+    The sampler pads its index list to a multiple of ``world_size`` by repeating indices and gives
+    rank ``r`` the positions ``r, r + W, r + 2W, …``; positions ``>= num_samples`` are padding, and
+    they always come last in a rank's sequence.
+
+    Args:
+        num_samples: length of the dataset.
+        world_size: number of ranks ``W``.
+        rank: this rank ``r``.
+
+    Returns:
+        How many of this rank's samples are real, ``len(range(r, num_samples, W))``.
+
+    Example:
+        >>> [valid_sample_count(21, 2, r) for r in range(2)]
+        [11, 10]
+    """
+    return len(range(rank, num_samples, world_size))
+
+
+def _common_layout(
+    shapes: list[tuple[int, ...]], dtypes: list[torch.dtype]
+) -> tuple[list[tuple[int, ...]], torch.dtype]:
+    """Agree on one dtype and number of dimensions; empty tensors adopt those of the others."""
+    filled = [i for i, s in enumerate(shapes) if math.prod(s) > 0]
+    reference = filled[0] if filled else max(range(len(shapes)), key=lambda i: len(shapes[i]))
+    ref_shape, dtype = shapes[reference], dtypes[reference]
+    if any(dtypes[i] != dtype for i in filled):
+        raise ValueError(f"Cannot gather tensors of different dtypes across ranks: {[str(d) for d in dtypes]}.")
+    aligned = [
+        s if len(s) == len(ref_shape) or math.prod(s) > 0 else (0, *ref_shape[1:]) for s in shapes
+    ]
+    if len({len(s) for s in aligned}) != 1:
+        raise ValueError(f"Cannot gather tensors with different numbers of dimensions across ranks: {shapes}.")
+    return aligned, dtype
+
+
+def _to_transport(tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Bool tensors travel as uint8 (not every backend supports bool)."""
+    if tensor.dtype == torch.bool:
+        return tensor.to(torch.uint8), lambda t: t.to(torch.bool)
+    return tensor, lambda t: t
