@@ -35,8 +35,18 @@ __all__ = [
 
 _MAX_DIMS = 8
 _DTYPES = [
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
-    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.complex64,
+    torch.complex128,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
 ]
 
 
@@ -115,9 +125,7 @@ class Collectives(ABC):
         header[1] = tensor.dim()
         header[2 : 2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
         headers = [h.tolist() for h in self._all_gather_same(header.to(self.device))]
-        shapes, dtype = _common_layout(
-            [tuple(h[2 : 2 + h[1]]) for h in headers], [_DTYPES[h[0]] for h in headers]
-        )
+        shapes, dtype = _common_layout([tuple(h[2 : 2 + h[1]]) for h in headers], [_DTYPES[h[0]] for h in headers])
         ndim = len(shapes[0])
         local_shape = shapes[self.rank]
         max_shape = [max(s[d] for s in shapes) for d in range(ndim)]
@@ -328,9 +336,7 @@ def _common_layout(
     ref_shape, dtype = shapes[reference], dtypes[reference]
     if any(dtypes[i] != dtype for i in filled):
         raise ValueError(f"Cannot gather tensors of different dtypes across ranks: {[str(d) for d in dtypes]}.")
-    aligned = [
-        s if len(s) == len(ref_shape) or math.prod(s) > 0 else (0, *ref_shape[1:]) for s in shapes
-    ]
+    aligned = [s if len(s) == len(ref_shape) or math.prod(s) > 0 else (0, *ref_shape[1:]) for s in shapes]
     if len({len(s) for s in aligned}) != 1:
         raise ValueError(f"Cannot gather tensors with different numbers of dimensions across ranks: {shapes}.")
     return aligned, dtype

@@ -1,0 +1,260 @@
+"""One metric bound to one stage: torchmetrics state, per-step mean, or exact collection.
+
+A bound metric owns the stage-local state of one metric. The stage (``fabricmetrics._stage``)
+feeds it the arguments of each step and, at the end of an epoch, does the cross-rank work in a fixed
+order and asks each bound metric for its value.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+from fabricmetrics._values import flatten_value, to_numpy
+from fabricmetrics.exceptions import MetricError
+
+__all__ = ["Bound", "ExactBound", "PerStepBound", "TorchmetricBound", "wants_numpy"]
+
+
+def wants_numpy(fn: Any) -> bool:
+    """Whether ``fn`` is a scikit-learn function, which receives NumPy arrays.
+
+    Args:
+        fn: a metric callable (``functools.partial`` objects are looked through).
+
+    Returns:
+        ``True`` for functions defined in ``sklearn``.
+
+    Example:
+        >>> from sklearn.metrics import accuracy_score
+        >>> wants_numpy(functools.partial(accuracy_score, normalize=True)), wants_numpy(len)
+        (True, False)
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return (getattr(fn, "__module__", None) or "").startswith("sklearn")
+
+
+def _never_distributed() -> bool:
+    """``distributed_available_fn`` of the tracker's clones: the tracker syncs them itself."""
+    return False
+
+
+class Bound:
+    """Base of the three kinds of bound metric.
+
+    Attributes:
+        name: the metric's name.
+        accumulates: whether epoch-level values come from state accumulated over steps.
+    """
+
+    name: str
+
+    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """The metric's value on one batch (rank-local), for step-level logging."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget the epoch's state."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's state as tensors and plain containers."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class TorchmetricBound(Bound):
+    """A per-stage clone of a ``torchmetrics.Metric`` that accumulates its own state.
+
+    The clone never synchronises by itself (its ``distributed_available_fn`` says no); the stage
+    syncs it once per compute through the tracker's collectives.
+    """
+
+    def __init__(self, name: str, metric: Metric) -> None:
+        """Clone ``metric`` for one stage.
+
+        Args:
+            name: the metric's name.
+            metric: the user's metric; it is cloned, never updated itself.
+        """
+        self.name = name
+        self.metric = metric.clone()
+        self.metric.reset()
+        self.metric.distributed_available_fn = _never_distributed
+
+    def update(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Add one batch to the state."""
+        self.metric.update(*args, **kwargs)
+
+    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Add one batch to the state and return its value on that batch (``forward``)."""
+        return self.metric(*args, **kwargs)
+
+    def compute(self, collectives: Any) -> Any:
+        """Synchronise the state over ranks once, compute, and restore the local state.
+
+        Args:
+            collectives: the :class:`~fabricmetrics.distributed.Collectives` of this epoch end.
+
+        Returns:
+            The metric's value on the whole epoch across ranks.
+        """
+        if collectives.world_size > 1:
+            self.metric.sync(
+                dist_sync_fn=collectives.torchmetrics_sync_fn, should_sync=True, distributed_available=_always
+            )
+        try:
+            return self.metric.compute()
+        finally:
+            if self.metric._is_synced:
+                self.metric.unsync()
+
+    def reset(self) -> None:
+        """Reset the torchmetrics state."""
+        self.metric.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every state of the metric (also the non-persistent ones) and its update count."""
+        states = {key: _detach(getattr(self.metric, key)) for key in self.metric._defaults}
+        return {"states": states, "update_count": int(self.metric._update_count)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` onto the metric's device."""
+        device = self.metric.device
+        for key, value in state["states"].items():
+            if key not in self.metric._defaults:
+                raise MetricError(f"Metric `{self.name}` has no state `{key}`; the checkpoint is of another metric.")
+            setattr(self.metric, key, _to_device(value, device))
+        self.metric._update_count = int(state["update_count"])
+        self.metric._computed = None
+
+
+class PerStepBound(Bound):
+    """A callable computed on every batch; the epoch value is the batch-size-weighted mean."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        """Bind ``fn``.
+
+        Args:
+            name: the metric's name.
+            fn: the metric callable.
+        """
+        self.name = name
+        self.fn = fn
+        self.numpy_args = wants_numpy(fn)
+        self.keys: list[str] | None = None
+        self.total: Any = None
+        self.count = 0
+
+    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Apply the callable to one batch."""
+        return _apply(self.fn, self.numpy_args, args, kwargs)
+
+    def accumulate(self, value: Any, batch_size: int) -> None:
+        """Add ``batch_size * value`` to the weighted sum (on the value's device, no sync)."""
+        vector, keys = _as_vector(self.name, value, self.keys)
+        self.keys = keys
+        weighted = vector * batch_size
+        self.total = weighted if self.total is None else self.total + weighted
+        self.count += batch_size
+
+    def reset(self) -> None:
+        """Forget the weighted sum."""
+        self.total, self.count = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weighted sum (as a float64 tensor), count and value keys."""
+        total = None if self.total is None else torch.as_tensor(self.total).detach()
+        return {
+            "total": total,
+            "count": self.count,
+            "keys": self.keys,
+            "numpy": isinstance(self.total, np.ndarray),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        total = state["total"]
+        self.total = total.numpy() if total is not None and state["numpy"] else total
+        self.count, self.keys = int(state["count"]), state["keys"]
+
+
+class ExactBound(Bound):
+    """A callable computed once on the arguments collected over the whole epoch."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        """Bind ``fn``.
+
+        Args:
+            name: the metric's name.
+            fn: the metric callable.
+        """
+        self.name = name
+        self.fn = fn
+        self.numpy_args = wants_numpy(fn)
+
+    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Apply the callable to one batch (for step-level logging)."""
+        return _apply(self.fn, self.numpy_args, args, kwargs)
+
+    def compute(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Apply the callable to the epoch's arguments (gathered over ranks)."""
+        return self.step_value(args, kwargs)
+
+
+def _always() -> bool:
+    return True
+
+
+def _apply(fn: Callable[..., Any], numpy_args: bool, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    if numpy_args:
+        args = [to_numpy(a) for a in args]
+        kwargs = {k: to_numpy(v) for k, v in kwargs.items()}
+    with torch.no_grad():
+        return fn(*args, **kwargs)
+
+
+def _as_vector(name: str, value: Any, keys: list[str] | None) -> tuple[Any, list[str]]:
+    """A flat float64 vector of a per-step value, and its keys (checked against earlier steps)."""
+    vector: Any
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        vector, new_keys = value.detach().reshape(1), [name]
+    else:
+        items = flatten_value(name, value)
+        new_keys = [k for k, _ in items]
+        scalars = [v for _, v in items]
+        if all(isinstance(v, torch.Tensor) for v in scalars):
+            vector = torch.stack([v.detach().reshape(()) for v in scalars])
+        else:
+            vector = np.asarray([float(np.asarray(to_numpy(v))) for v in scalars], dtype=np.float64)
+    if isinstance(vector, torch.Tensor):
+        vector = vector.to(torch.float32 if vector.device.type == "mps" else torch.float64)
+    if keys is not None and keys != new_keys:
+        raise MetricError(
+            f"Metric `{name}` returned values named {new_keys} on this batch but {keys} on earlier batches; a "
+            "per-step metric must return the same kind of value on every batch."
+        )
+    return vector, new_keys
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    return value
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value

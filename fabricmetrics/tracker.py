@@ -1,0 +1,478 @@
+"""MetricsTracker: stages, epochs and steps of a training loop; fans results out to loggers and history."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from torchmetrics import Metric, MetricCollection
+
+from fabricmetrics._stage import Stage
+from fabricmetrics._values import flatten_value, to_floats
+from fabricmetrics.distributed import Collectives, resolve_collectives
+from fabricmetrics.exceptions import (
+    ConfigurationError,
+    DistributedError,
+    LogDirectoryError,
+    MetricError,
+    OutputsTypeError,
+    StageError,
+)
+from fabricmetrics.history import History
+from fabricmetrics.loggers import Logger, resume_loggers
+from fabricmetrics.needs import parse_needs
+from fabricmetrics.schedule import Schedule, default_schedule
+
+if TYPE_CHECKING:
+    from lightning_fabric import Fabric
+
+__all__ = ["EpochRecord", "MetricsTracker"]
+
+_STATE_FORMAT = 1
+
+
+@dataclass
+class EpochRecord:
+    """What ``with tracker.epoch(stage) as epoch:`` yields.
+
+    Attributes:
+        stage: the stage name.
+        index: the number of this epoch of the stage (1 for the first).
+        num_samples: the dataset length given to ``epoch()``, if any.
+        results: what the epoch computed, ``"{metric}/{stage}"`` → float, filled after the block
+            (empty when the schedule skips this epoch).
+        samples: samples this rank fed to the metrics (padding removed).
+        empty_batches: steps of this rank skipped because they had no samples.
+    """
+
+    stage: str
+    index: int
+    num_samples: int | None = None
+    results: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    empty_batches: int = 0
+
+
+class MetricsTracker:
+    """Metrics for a custom training loop, correct across steps, epochs and ranks.
+
+    Args:
+        metrics: a dict name → metric, a list, or one metric. A metric is a ``torchmetrics.Metric``,
+            a scikit-learn metric function, or any callable returning a number, a 0-d or 1-D
+            tensor/array, or a dict of numbers. Unnamed metrics are named after ``__name__`` or their
+            class; clashes get ``_1``, ``_2``, …. A ``MetricCollection`` is taken as its metrics.
+        needs: where each metric's arguments come from (see :mod:`fabricmetrics.needs`): ``None``
+            infers them from required parameters, a list gives positional sources, a dict of
+            str/callable gives keyword sources, a dict keyed by metric name gives per-metric ones.
+        fabric: a launched ``lightning_fabric.Fabric``; its collectives do the cross-rank work and,
+            when ``loggers`` is None, its loggers receive the values. Without it an initialised
+            ``torch.distributed`` process group is used; without one, everything is local.
+        loggers: ``lightning_fabric.loggers.Logger`` objects (TensorBoard, CSV, third-party).
+        schedule: dict stage → :class:`~fabricmetrics.schedule.Schedule`; other stages get
+            :func:`~fabricmetrics.schedule.default_schedule`.
+        compute_on_cpu: collect exact-mode arguments on the CPU (copies made non-blocking).
+        probes: :class:`~fabricmetrics.probing.ProbingScheduler` objects run at the end of train
+            epochs.
+        progress: show a live progress display on rank 0.
+
+    Raises:
+        ConfigurationError: a metric, ``needs`` or a schedule is invalid.
+
+    Example:
+        >>> import torch
+        >>> from sklearn.metrics import accuracy_score
+        >>> from torchmetrics.classification import MulticlassAccuracy
+        >>> tracker = MetricsTracker({"acc": MulticlassAccuracy(3, average="micro"), "sk_acc": accuracy_score})
+        >>> with tracker.epoch("val") as epoch:
+        ...     tracker.step("val", {"preds": torch.tensor([0, 1, 2]), "target": torch.tensor([0, 1, 1])})
+        ...     tracker.step("val", {"preds": torch.tensor([2]), "target": torch.tensor([2])})
+        {}
+        {}
+        >>> epoch.results
+        {'acc/val': 0.75, 'sk_acc/val': 0.75}
+        >>> tracker.history["sk_acc/val"]
+        [(0, 0.75)]
+    """
+
+    def __init__(
+        self,
+        metrics: Any,
+        needs: Any = None,
+        *,
+        fabric: Fabric | None = None,
+        loggers: Sequence[Logger] | None = None,
+        schedule: Mapping[str, Schedule] | None = None,
+        compute_on_cpu: bool = False,
+        probes: Sequence[Any] = (),
+        progress: bool = False,
+    ) -> None:
+        """Check the configuration; nothing touches devices, files or process groups yet."""
+        self._metrics = _named_metrics(metrics)
+        self._specs = parse_needs(needs, self._metrics)
+        self._schedules = dict(schedule or {})
+        for stage, sched in self._schedules.items():
+            if not isinstance(sched, Schedule):
+                raise ConfigurationError(
+                    f"schedule[{stage!r}] must be a Schedule, got {type(sched).__name__}. "
+                    f"HINT: schedule={{{stage!r}: Schedule(every_n_epochs=1)}}."
+                )
+        self._fabric = fabric
+        self._loggers = None if loggers is None else list(loggers)
+        self.compute_on_cpu = bool(compute_on_cpu)
+        self._probes = list(probes)
+        self._progress = progress
+        self._stages: dict[str, Stage] = {}
+        self._open: dict[str, EpochRecord] = {}
+        self._warned: set[str] = set()
+        self.global_step = 0
+        self.history = History()
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> list[str]:
+        """The names metrics are logged under."""
+        return list(self._metrics)
+
+    @property
+    def loggers(self) -> list[Logger]:
+        """The loggers that receive values: ``loggers`` if given, else the ``fabric``'s."""
+        if self._loggers is not None:
+            return self._loggers
+        return list(self._fabric.loggers) if self._fabric is not None else []
+
+    def __enter__(self) -> MetricsTracker:
+        """Check every logger's directory can be written (rank 0), so a bad path fails now."""
+        if self._collectives().is_main:
+            loggers = self.loggers
+            for logger in loggers:
+                # Fix every version before any directory exists, so that loggers sharing a root
+                # directory and name write into the same version folder.
+                with contextlib.suppress(Exception):
+                    _ = logger.version
+            for logger in loggers:
+                _check_writable(logger)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Flush and finalize every logger with status ``"success"`` or ``"failed"``."""
+        status = "success" if exc_type is None else "failed"
+        for logger in self.loggers:
+            try:
+                logger.finalize(status)
+            except Exception as err:
+                warnings.warn(
+                    f"{type(logger).__name__}.finalize({status!r}) failed: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    # ----------------------------------------------------------------------------------------------
+    def step(self, stage: str, outputs: Mapping[str, Any], *, batch_size: int | None = None) -> dict[str, float]:
+        """Feed one step's outputs to the stage's metrics.
+
+        No host-device synchronisation happens on a step that logs nothing.
+
+        Args:
+            stage: the stage (``"train"``, ``"val"``, …).
+            outputs: a mapping of tensors, arrays and numbers (e.g. what a training step returns).
+            batch_size: the number of samples; defaults to the first dimension of the first
+                needed tensor/array (1 if none has one).
+
+        Returns:
+            The step-level values logged at this step, ``"{metric}/{stage}_step"`` → float; empty on
+            steps that the schedule does not log.
+
+        Raises:
+            OutputsTypeError: ``outputs`` is not a mapping.
+            NeedsError: a metric's argument is missing or ambiguous.
+            StageError: another stage's epoch is open but not this one's.
+            MetricError: a metric failed on this batch.
+        """
+        if not isinstance(outputs, Mapping):
+            raise OutputsTypeError(
+                f"step({stage!r}, outputs) expects a mapping of output name → value, got {type(outputs).__name__}. "
+                "HINT: return a dict from your step, e.g. {'preds': logits, 'target': y, 'loss': loss}."
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0
+        ):
+            raise OutputsTypeError(f"batch_size must be a non-negative int, got {batch_size!r}.")
+        st = self._stage(stage)
+        if not st.open and self._open:
+            raise StageError(
+                f"step({stage!r}) was called while the epoch of {sorted(self._open)} is open but not one of "
+                f"{stage!r}. HINT: wrap the {stage!r} loop in `with tracker.epoch({stage!r}):`."
+            )
+        st.steps += 1
+        if stage == "train":
+            self.global_step += 1
+        values = st.step(outputs, batch_size, st.schedule.logs_step(st.steps))
+        if not values:
+            return {}
+        items = [item for name, value in values.items() for item in flatten_value(name, value)]
+        logged = {f"{k}/{stage}_step": v for (k, _), v in zip(items, to_floats([v for _, v in items]), strict=True)}
+        self._publish(logged)
+        return logged
+
+    @contextlib.contextmanager
+    def epoch(self, stage: str, *, num_samples: int | None = None) -> Iterator[EpochRecord]:
+        """One epoch of one stage.
+
+        At the end of the block, if the stage's schedule says so, every metric is reduced over
+        ranks and computed once, and the values are logged as ``"{metric}/{stage}"`` at
+        :attr:`global_step`. An exception inside the block logs nothing for the epoch, resets its
+        state and propagates (on every rank, the others get a :class:`DistributedError`).
+
+        Args:
+            stage: the stage name.
+            num_samples: the dataset's length; with it, samples that a ``DistributedSampler``
+                added as padding are kept out of every metric.
+
+        Yields:
+            An :class:`EpochRecord` whose ``results`` are filled after the block.
+
+        Raises:
+            StageError: an epoch of this stage is already open.
+            MetricError: a metric failed to compute (this rank).
+            DistributedError: another rank failed inside the block or while computing.
+        """
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
+        ):
+            raise ConfigurationError(
+                f"num_samples must be a non-negative int (the dataset's length), got {num_samples!r}."
+            )
+        st = self._stage(stage)
+        if st.open:
+            raise StageError(f"An epoch of stage {stage!r} is already open; epochs of one stage cannot nest.")
+        collectives = self._collectives()
+        st.begin_epoch(num_samples, collectives.world_size, collectives.rank)
+        record = EpochRecord(stage=stage, index=st.epochs + 1, num_samples=num_samples)
+        self._open[stage] = record
+        try:
+            try:
+                yield record
+            except Exception as err:
+                if collectives.world_size > 1:
+                    collectives.all_gather_object({"error": f"{type(err).__name__}: {err}", "meta": None})
+                raise
+            record.samples, record.empty_batches = st.samples, st.empty_batches
+            record.results = self._finish_epoch(st, record, collectives)
+        except BaseException:
+            st.end_epoch(completed=False)
+            raise
+        finally:
+            self._open.pop(stage, None)
+        self._run_probes(stage, st.epochs, collectives)
+
+    def log(self, values: Mapping[str, float], *, step: int | None = None) -> None:
+        """Log extra values (learning rate, timings, …) to the history and every logger (rank 0).
+
+        Args:
+            values: key → number.
+            step: the step to log at; defaults to :attr:`global_step`.
+        """
+        items = [item for key, value in values.items() for item in flatten_value(key, value)]
+        self._publish(dict(zip([k for k, _ in items], to_floats([v for _, v in items]), strict=True)), step)
+
+    # ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, history, and each stage's state (an open epoch's accumulated state included).
+
+        Holds only tensors, plain containers and numbers: it loads with
+        ``torch.load(..., weights_only=True)``, and ``fabric.save`` / ``fabric.load`` carry it.
+        """
+        return {
+            "format": _STATE_FORMAT,
+            "global_step": self.global_step,
+            "history": self.history.state_dict(),
+            "stages": {name: st.state_dict() for name, st in self._stages.items()},
+            "probes": [p.state_dict() if hasattr(p, "state_dict") else {} for p in self._probes],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; step numbering continues and loggers drop replayed rows.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+
+        Raises:
+            ConfigurationError: the state is of another format or another set of metrics.
+        """
+        if state.get("format") != _STATE_FORMAT:
+            raise ConfigurationError(
+                f"Unknown tracker state format {state.get('format')!r} (expected {_STATE_FORMAT})."
+            )
+        self.global_step = int(state["global_step"])
+        self.history.load_state_dict(state["history"])
+        for name, st_state in state["stages"].items():
+            self._stage(name).load_state_dict(st_state)
+        for probe, probe_state in zip(self._probes, state.get("probes", []), strict=False):
+            if hasattr(probe, "load_state_dict"):
+                probe.load_state_dict(probe_state)
+        if self._collectives().is_main:
+            resume_loggers(self.loggers, self.global_step)
+
+    # ----------------------------------------------------------------------------------------------
+    def _collectives(self) -> Collectives:
+        return resolve_collectives(self._fabric)
+
+    def _stage(self, name: str) -> Stage:
+        st = self._stages.get(name)
+        if st is None:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(f"A stage name must be a non-empty string, got {name!r}.")
+            schedule = self._schedules.get(name) or default_schedule(name)
+            st = self._stages[name] = Stage(name, self._metrics, self._specs, schedule, self.compute_on_cpu)
+        return st
+
+    def _finish_epoch(self, st: Stage, record: EpochRecord, collectives: Collectives) -> dict[str, float]:
+        """Exchange statuses, reduce, compute, exchange outcomes, log. Same calls on every rank."""
+        statuses = collectives.all_gather_object({"error": None, "meta": st.local_meta()})
+        failed = [(rank, s["error"]) for rank, s in enumerate(statuses) if s["error"] is not None]
+        if failed:
+            rank, message = failed[0]
+            raise DistributedError(
+                f"Rank {rank} failed inside `with tracker.epoch({st.name!r})` (epoch {record.index}): {message}. "
+                "Nothing was logged for this epoch on any rank."
+            )
+        if not st.accumulating:
+            st.end_epoch(completed=True)
+            return {}
+        metas = [s["meta"] for s in statuses]
+        flat, errors = st.reduce(collectives, metas)
+        floats = to_floats(list(flat.values()))
+        outcomes = collectives.all_gather_object(
+            {
+                "errors": {n: f"{type(e).__name__}: {e}" for n, e in errors.items()},
+                "results": dict(zip(flat, floats, strict=True)) if collectives.is_main else None,
+            }
+        )
+        for rank, outcome in enumerate(outcomes):
+            for name, message in outcome["errors"].items():
+                where = f" on rank {rank}" if collectives.world_size > 1 else ""
+                text = (
+                    f"Metric `{name}` failed{where} at the end of epoch {record.index} of stage `{st.name}`: {message}"
+                )
+                if rank == collectives.rank:
+                    raise MetricError(text) from errors[name]
+                raise DistributedError(text)
+        results = {f"{k}/{st.name}": v for k, v in outcomes[0]["results"].items()}
+        if sum(m["samples"] for m in metas) == 0:
+            self._warn_once(
+                f"empty:{st.name}",
+                f"Epoch {record.index} of stage `{st.name}` had no samples on any rank; nothing was computed.",
+            )
+        if record.empty_batches:
+            self._warn_once(
+                f"emptyb:{st.name}",
+                f"Stage `{st.name}` skipped {record.empty_batches} empty batches in epoch {record.index}.",
+            )
+        st.end_epoch(completed=True)
+        self._publish(results)
+        return results
+
+    def _run_probes(self, stage: str, epoch: int, collectives: Collectives) -> None:
+        if stage != "train":
+            return
+        for probe in self._probes:
+            results = probe.maybe_run(epoch, collectives)
+            if results:
+                self._publish(results)
+
+    def _publish(self, values: dict[str, float], step: int | None = None) -> None:
+        """Record ``values`` in the history and send them to every logger (rank 0 only)."""
+        if not values or not self._collectives().is_main:
+            return
+        step = self.global_step if step is None else step
+        for key, value in values.items():
+            if not math.isfinite(value):
+                self._warn_once(f"nan:{key}", f"`{key}` is {value} at step {step}; it is logged as is.")
+        self.history.record(values, step)
+        for logger in self.loggers:
+            try:
+                logger.log_metrics(values, step=step)
+            except Exception as err:
+                self._warn_once(
+                    f"logger:{id(logger)}",
+                    f"{type(logger).__name__}.log_metrics failed ({type(err).__name__}: {err}); the history and the "
+                    "other loggers keep going. This warning is shown once per logger.",
+                )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _named_metrics(metrics: Any) -> dict[str, Any]:
+    """Name the metrics: dict keys, else ``__name__`` / class name with ``_1``, ``_2`` on clashes."""
+    if isinstance(metrics, MetricCollection):
+        metrics = dict(metrics.items(keep_base=False, copy_state=False))
+    if isinstance(metrics, Mapping):
+        named = dict(metrics)
+        for name in named:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(f"Metric names must be non-empty strings, got {name!r}.")
+    else:
+        items = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+        named = {}
+        for metric in items:
+            base = _base_name(metric)
+            name, i = base, 0
+            while name in named:
+                i += 1
+                name = f"{base}_{i}"
+            named[name] = metric
+    if not named:
+        raise ConfigurationError("MetricsTracker needs at least one metric.")
+    for name, metric in named.items():
+        if isinstance(metric, MetricCollection):
+            raise ConfigurationError(
+                f"Metric `{name}` is a MetricCollection inside a dict or list. HINT: pass its metrics directly, "
+                "e.g. MetricsTracker(dict(collection.items())), or pass the collection itself as `metrics`."
+            )
+        if not isinstance(metric, Metric) and not callable(metric):
+            raise ConfigurationError(
+                f"Metric `{name}` is a {type(metric).__name__}, which is neither a torchmetrics.Metric nor a callable."
+            )
+    return named
+
+
+def _base_name(metric: Any) -> str:
+    fn = metric
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, Metric) or not hasattr(fn, "__name__"):
+        return type(fn).__name__
+    name = str(fn.__name__)
+    return "lambda" if name == "<lambda>" else name
+
+
+def _check_writable(logger: Logger) -> None:
+    """Create the logger's directory and write a file in it, so a bad path fails at once."""
+    try:
+        directory = logger.log_dir
+    except Exception:
+        directory = None
+    if not directory:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise LogDirectoryError(
+            f"{type(logger).__name__} cannot write to {directory!r}: {err.strerror or err}. "
+            "HINT: choose a writable root directory for the logger."
+        ) from err
