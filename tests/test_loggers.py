@@ -1,0 +1,148 @@
+"""Loggers: Fabric's TensorBoard/CSV through the tracker, the resume-safe CSVLogger, faults."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+from lightning_fabric import Fabric
+from sklearn.metrics import accuracy_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fabricmetrics import MetricsTracker, Schedule
+from fabricmetrics.exceptions import LogDirectoryError
+from fabricmetrics.loggers import CSVLogger, TensorBoardLogger
+from tests.conftest import RecordingLogger
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def out(acc_hits: int, n: int = 4):
+    y = np.ones(n, dtype=int)
+    p = np.concatenate([np.ones(acc_hits, dtype=int), np.zeros(n - acc_hits, dtype=int)])
+    return {"y_true": y, "y_pred": p}
+
+
+def test_tensorboard_and_csv_receive_the_history(tmp_path):
+    tb, csv_logger = TensorBoardLogger(tmp_path, name="run"), CSVLogger(tmp_path, name="run")
+    tracker = MetricsTracker(
+        {"acc": accuracy_score}, loggers=[tb, csv_logger], schedule={"train": Schedule(every_n_steps=2, per_step=True)}
+    )
+    with tracker:
+        for epoch in range(2):
+            with tracker.epoch("train"):
+                for hits in (1, 2, 3, 4):
+                    tracker.step("train", out(hits))
+            with tracker.epoch("val"):
+                tracker.step("val", out(epoch + 2))
+    # both loggers share one version folder
+    assert tb.log_dir == csv_logger.log_dir == os.path.join(tmp_path, "run", "version_0")
+    rows = read_csv(os.path.join(csv_logger.log_dir, "metrics.csv"))
+    from_csv = {(k, int(r["step"]), float(v)) for r in rows for k, v in r.items() if k != "step" and v != ""}
+    from_history = {(k, s, v) for k, points in tracker.history.items() for s, v in points}
+    assert from_csv == from_history
+    acc = EventAccumulator(tb.log_dir)
+    acc.Reload()
+    for key, points in tracker.history.items():
+        events = acc.Scalars(key)
+        assert [(e.step, pytest.approx(e.value)) for e in events] == points
+
+
+def test_fabric_loggers_are_used_by_default(tmp_path):
+    logger = CSVLogger(tmp_path)
+    fabric = Fabric(accelerator="cpu", devices=1, loggers=[logger])
+    tracker = MetricsTracker({"acc": accuracy_score}, fabric=fabric)
+    with tracker, tracker.epoch("val"):
+        tracker.step("val", out(3))
+    assert read_csv(os.path.join(logger.log_dir, "metrics.csv")) == [{"acc/val": "0.75", "step": "0"}]
+
+
+def test_unwritable_log_directory_fails_at_enter(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    tracker = MetricsTracker({"acc": accuracy_score}, loggers=[CSVLogger(blocker / "logs")])
+    with pytest.raises(LogDirectoryError, match=r"CSVLogger cannot write to .*a_file/logs.*HINT: choose a writable"):
+        tracker.__enter__()
+    assert isinstance(LogDirectoryError("x"), OSError)
+
+
+def test_finalize_status_success_and_failed():
+    ok, failed = RecordingLogger(), RecordingLogger()
+    with MetricsTracker({"acc": accuracy_score}, loggers=[ok]):
+        pass
+    with pytest.raises(KeyboardInterrupt), MetricsTracker({"acc": accuracy_score}, loggers=[failed]):
+        raise KeyboardInterrupt
+    assert ok.finalized == ["success"] and failed.finalized == ["failed"]
+
+
+def test_a_failing_logger_warns_once_and_the_others_keep_going():
+    broken, good = RecordingLogger(fail_on_log=True), RecordingLogger()
+    tracker = MetricsTracker({"acc": accuracy_score}, loggers=[broken, good])
+    with pytest.warns(
+        RuntimeWarning, match=r"RecordingLogger.log_metrics failed \(OSError: \[Errno 28\] No space"
+    ) as w:
+        for hits in (1, 2, 3):
+            with tracker.epoch("val"):
+                tracker.step("val", out(hits))
+    assert len([x for x in w if "log_metrics failed" in str(x.message)]) == 1
+    assert [v for _, v in tracker.history["acc/val"]] == [0.25, 0.5, 0.75]
+    assert len(good.rows) == 3
+
+
+def test_csv_logger_keeps_earlier_rows_on_resume(tmp_path):
+    first = CSVLogger(tmp_path, name="r", version=0)
+    for step in range(1, 6):
+        first.log_metrics({"a": float(step)}, step=step)
+    first.finalize("failed")  # the run died after step 5; its last checkpoint is at step 3
+    resumed = CSVLogger(tmp_path, name="r", version=0)
+    resumed.resume(3)
+    for step in range(4, 7):
+        resumed.log_metrics({"a": float(step), "b": 1.0}, step=step)
+    resumed.finalize("success")
+    rows = read_csv(os.path.join(resumed.log_dir, "metrics.csv"))
+    assert [(r["step"], r["a"], r["b"]) for r in rows] == [
+        ("1", "1.0", ""),
+        ("2", "2.0", ""),
+        ("3", "3.0", ""),
+        ("4", "4.0", "1.0"),
+        ("5", "5.0", "1.0"),
+        ("6", "6.0", "1.0"),
+    ]
+
+
+def test_csv_logger_without_resume_replaces_the_file_like_fabric(tmp_path):
+    first = CSVLogger(tmp_path, name="r", version=0)
+    first.log_metrics({"a": 1.0}, step=1)
+    first.finalize("success")
+    again = CSVLogger(tmp_path, name="r", version=0)
+    with pytest.warns(UserWarning, match="does not resume from a checkpoint, so it is replaced"):
+        again.log_metrics({"a": 2.0}, step=1)
+        again.finalize("success")
+    assert read_csv(os.path.join(again.log_dir, "metrics.csv")) == [{"a": "2.0", "step": "1"}]
+
+
+def test_resume_truncates_an_open_writer(tmp_path):
+    logger = CSVLogger(tmp_path, name="r", version=0)
+    for step in (1, 2, 3):
+        logger.log_metrics({"a": float(step)}, step=step)
+    logger.resume(1)
+    logger.log_metrics({"a": 20.0}, step=2)
+    logger.finalize("success")
+    assert [(r["step"], r["a"]) for r in read_csv(os.path.join(logger.log_dir, "metrics.csv"))] == [
+        ("1", "1.0"),
+        ("2", "20.0"),
+    ]
+
+
+def test_tensorboard_purge_step_is_set_on_resume(tmp_path):
+    tb = TensorBoardLogger(tmp_path, name="r", version=0)
+    tracker = MetricsTracker({"acc": accuracy_score}, loggers=[tb])
+    state = tracker.state_dict()
+    state["global_step"] = 41
+    tracker.load_state_dict(state)
+    assert tb._kwargs["purge_step"] == 42
