@@ -32,9 +32,15 @@ class Stage:
         specs: Mapping[str, NeedsSpec],
         schedule: Schedule,
         compute_on_cpu: bool,
+        signatures: Mapping[str, Any],
     ) -> None:
-        """Bind every metric to this stage (torchmetrics are cloned)."""
+        """Bind every metric to this stage (torchmetrics are cloned).
+
+        ``signatures`` holds each torchmetric's :func:`~fabricmetrics.bound.update_signature`;
+        metrics with equal arguments and signatures share one update.
+        """
         self.name = name
+        self.signatures = signatures
         self.schedule = schedule
         self.specs = specs
         self.compute_on_cpu = compute_on_cpu
@@ -112,7 +118,7 @@ class Stage:
                 if isinstance(bound, TorchmetricBound):
                     if log_step:
                         step_values[bound.name] = bound.step_value(args, kwargs)
-                    else:
+                    elif bound.leader is None:
                         bound.update(args, kwargs)
                 elif isinstance(bound, PerStepBound):
                     value = bound.step_value(args, kwargs)
@@ -151,6 +157,12 @@ class Stage:
             n_pos = len(plan.positional)
             kws = tuple((k, ids[n_pos + j]) for j, (k, _) in enumerate(plan.keywords))
             calls.append((bound, tuple(ids[:n_pos]), kws))
+        shared: dict[Any, TorchmetricBound] = {}
+        for bound, pos, kws in calls:
+            signature = self.signatures.get(bound.name)
+            if isinstance(bound, TorchmetricBound) and signature is not None:
+                leader = shared.setdefault((pos, kws, signature), bound)
+                bound.leader = None if leader is bound else leader
         self._exact = sorted(
             {i for b, pos, kws in calls if isinstance(b, ExactBound) for i in (*pos, *[i for _, i in kws])}
         )
@@ -279,6 +291,37 @@ class Stage:
         errors: dict[str, BaseException] = {}
         if sum(m["samples"] for m in metas) == 0:
             return flat, errors
+        per_step = self._reduce_per_step(collectives, metas)
+        gathered = self._gather_exact(collectives, metas)
+        synced = [b for b in self.bounds.values() if isinstance(b, TorchmetricBound) and b.leader is None]
+        for leader in synced:
+            try:
+                leader.sync(collectives)
+            except Exception as err:
+                errors[leader.name] = err
+        try:
+            for name, bound in self.bounds.items():
+                try:
+                    if isinstance(bound, PerStepBound):
+                        flat.update(per_step.get(name, {}))
+                    elif isinstance(bound, TorchmetricBound):
+                        source: TorchmetricBound = bound.leader or bound
+                        if source.name in errors:
+                            raise MetricError(f"synchronising `{source.name}` failed") from errors[source.name]
+                        with warnings.catch_warnings():
+                            warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
+                            flat.update(flatten_value(name, bound.compute()))
+                    elif isinstance(bound, ExactBound) and gathered is not None:
+                        data, calls = gathered
+                        pos, kws = calls[name]
+                        value = bound.compute([data[j] for j in pos], {k: data[j] for k, j in kws})
+                        flat.update(flatten_value(name, value))
+                except Exception as err:
+                    errors.setdefault(name, err)
+        finally:
+            for leader in synced:
+                leader.unsync()
+        return flat, errors
         per_step = self._reduce_per_step(collectives, metas)
         gathered = self._gather_exact(collectives, metas)
         for name, bound in self.bounds.items():

@@ -8,6 +8,7 @@ order and asks each bound metric for its value.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from torchmetrics import Metric
 from fabricmetrics._values import flatten_value, to_numpy
 from fabricmetrics.exceptions import MetricError
 
-__all__ = ["Bound", "ExactBound", "PerStepBound", "TorchmetricBound", "wants_numpy"]
+__all__ = ["Bound", "ExactBound", "PerStepBound", "TorchmetricBound", "update_signature", "wants_numpy"]
 
 
 def wants_numpy(fn: Any) -> bool:
@@ -38,6 +39,67 @@ def wants_numpy(fn: Any) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return (getattr(fn, "__module__", None) or "").startswith("sklearn")
+
+
+def update_signature(metric: Metric) -> tuple[Any, ...] | None:
+    """What determines the state a torchmetrics metric accumulates, or ``None`` if unsure.
+
+    Two metrics with equal signatures, fed the same arguments, hold the same state after every
+    update: they run the same ``update`` code (the same functions for ``update`` and every
+    ``_update*`` method), have the same states and reductions, and the same values for every
+    constructor parameter of the class that defines ``update`` (``num_classes``, ``top_k``,
+    ``average``, ``ignore_index``, …). ``MulticlassAccuracy``, ``MulticlassF1Score``,
+    ``MulticlassPrecision`` and ``MulticlassRecall`` with equal settings share one; ``MaxMetric``
+    and ``MinMetric`` do not. Unlike grouping by equal states after a first batch, this never
+    merges metrics that merely happen to agree on that batch.
+
+    Args:
+        metric: a torchmetrics metric.
+
+    Returns:
+        A hashable signature, or ``None`` when a parameter of the update's class is not stored on
+        the metric (then it shares with nothing).
+
+    Example:
+        >>> from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+        >>> update_signature(MulticlassAccuracy(5)) == update_signature(MulticlassF1Score(5))
+        True
+        >>> update_signature(MulticlassAccuracy(5)) == update_signature(MulticlassAccuracy(5, top_k=2))
+        False
+    """
+    cls = type(metric)
+    owner = next((k for k in cls.__mro__ if "update" in k.__dict__), None)
+    if owner is None or owner is Metric:
+        return None
+    try:
+        params = [
+            p.name
+            for p in inspect.signature(owner).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+    except (TypeError, ValueError):
+        return None
+    hyper = []
+    for name in params:
+        if not hasattr(metric, name):
+            return None
+        hyper.append((name, _hashable(getattr(metric, name))))
+    methods = tuple((n, getattr(cls, n)) for n in sorted(dir(cls)) if n == "update" or n.startswith("_update"))
+    states = tuple((k, _hashable(d), metric._reductions[k]) for k, d in metric._defaults.items())
+    flags = (metric.full_state_update, metric.dist_sync_on_step, metric.compute_on_cpu)
+    return (owner, methods, states, tuple(hyper), flags)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype), tuple(value.detach().cpu().flatten().tolist()))
+    if isinstance(value, list):
+        return ("list", tuple(_hashable(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("repr", repr(value))
+    return value
 
 
 def _never_distributed() -> bool:
@@ -74,7 +136,13 @@ class TorchmetricBound(Bound):
     """A per-stage clone of a ``torchmetrics.Metric`` that accumulates its own state.
 
     The clone never synchronises by itself (its ``distributed_available_fn`` says no); the stage
-    syncs it once per compute through the tracker's collectives.
+    syncs it once per compute through the tracker's collectives. When another metric of the stage
+    has the same arguments and an update that provably produces the same state (see
+    :func:`update_signature`), that metric is this one's ``leader``: only the leader is updated
+    on silent steps, and this one adopts the leader's state before computing.
+
+    Attributes:
+        leader: the metric whose state this one shares, or ``None``.
     """
 
     def __init__(self, name: str, metric: Metric) -> None:
@@ -88,6 +156,7 @@ class TorchmetricBound(Bound):
         self.metric = metric.clone()
         self.metric.reset()
         self.metric.distributed_available_fn = _never_distributed
+        self.leader: TorchmetricBound | None = None
 
     def update(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Add one batch to the state."""
@@ -97,24 +166,31 @@ class TorchmetricBound(Bound):
         """Add one batch to the state and return its value on that batch (``forward``)."""
         return self.metric(*args, **kwargs)
 
-    def compute(self, collectives: Any) -> Any:
-        """Synchronise the state over ranks once, compute, and restore the local state.
+    def sync(self, collectives: Any) -> None:
+        """Replace the local state by the state of all ranks (one gather per state tensor).
 
         Args:
             collectives: the :class:`~fabricmetrics.distributed.Collectives` of this epoch end.
-
-        Returns:
-            The metric's value on the whole epoch across ranks.
         """
         if collectives.world_size > 1:
             self.metric.sync(
                 dist_sync_fn=collectives.torchmetrics_sync_fn, should_sync=True, distributed_available=_always
             )
-        try:
-            return self.metric.compute()
-        finally:
-            if self.metric._is_synced:
-                self.metric.unsync()
+
+    def unsync(self) -> None:
+        """Restore the local state after :meth:`sync`."""
+        if self.metric._is_synced:
+            self.metric.unsync()
+
+    def compute(self) -> Any:
+        """The metric's value on its current (synced) state, or on its leader's."""
+        if self.leader is not None:
+            source = self.leader.metric
+            for key in self.metric._defaults:
+                setattr(self.metric, key, getattr(source, key))
+            self.metric._update_count = source._update_count
+            self.metric._computed = None
+        return self.metric.compute()
 
     def reset(self) -> None:
         """Reset the torchmetrics state."""

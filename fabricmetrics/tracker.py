@@ -18,6 +18,7 @@ from torchmetrics import Metric, MetricCollection
 
 from fabricmetrics._stage import Stage
 from fabricmetrics._values import flatten_value, to_floats
+from fabricmetrics.bound import update_signature
 from fabricmetrics.distributed import Collectives, resolve_collectives
 from fabricmetrics.exceptions import (
     ConfigurationError,
@@ -118,6 +119,7 @@ class MetricsTracker:
         """Check the configuration; nothing touches devices, files or process groups yet."""
         self._metrics = _named_metrics(metrics)
         self._specs = parse_needs(needs, self._metrics)
+        self._signatures = {n: update_signature(m) for n, m in self._metrics.items() if isinstance(m, Metric)}
         self._schedules = dict(schedule or {})
         for stage, sched in self._schedules.items():
             if not isinstance(sched, Schedule):
@@ -334,7 +336,9 @@ class MetricsTracker:
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"A stage name must be a non-empty string, got {name!r}.")
             schedule = self._schedules.get(name) or default_schedule(name)
-            st = self._stages[name] = Stage(name, self._metrics, self._specs, schedule, self.compute_on_cpu)
+            st = self._stages[name] = Stage(
+                name, self._metrics, self._specs, schedule, self.compute_on_cpu, self._signatures
+            )
         return st
 
     def _finish_epoch(self, st: Stage, record: EpochRecord, collectives: Collectives) -> dict[str, float]:

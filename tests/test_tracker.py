@@ -405,3 +405,50 @@ def test_no_warning_in_a_plain_run():
         warnings.simplefilter("error")
         run_epoch(tracker, "train", batches)
         run_epoch(tracker, "val", batches)
+
+
+# --------------------------------------------------------------------------------------------------
+# shared updates
+
+
+def test_metrics_with_the_same_update_share_it_and_stay_exact():
+    from sklearn.metrics import precision_score, recall_score
+    from torchmetrics.classification import MulticlassPrecision, MulticlassRecall
+
+    batches = classification_batches(SIZES, num_classes=5)
+    tracker = MetricsTracker(
+        {
+            "acc": MulticlassAccuracy(5, average="micro"),
+            "f1": MulticlassF1Score(5),
+            "prec": MulticlassPrecision(5),
+            "rec": MulticlassRecall(5),
+        }
+    )
+    results = run_epoch(tracker, "val", batches)
+    stage = tracker._stages["val"]
+    leaders = {name: b.leader.name if b.leader else None for name, b in stage.bounds.items()}
+    # `acc` (micro) keeps other states than the macro ones, which share one update
+    assert leaders == {"acc": None, "f1": None, "prec": "f1", "rec": "f1"}
+    y, p = concat(batches, "target"), concat(batches, "preds").argmax(1)
+    assert results["acc/val"] == pytest.approx(accuracy_score(y, p), abs=1e-6)
+    assert results["f1/val"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-6)
+    assert results["prec/val"] == pytest.approx(precision_score(y, p, average="macro", zero_division=0), abs=1e-6)
+    assert results["rec/val"] == pytest.approx(recall_score(y, p, average="macro", zero_division=0), abs=1e-6)
+
+
+def test_metrics_that_agree_on_a_first_batch_are_not_merged():
+    from torchmetrics import MaxMetric, MinMetric
+
+    # On a one-sample first batch, min and max states are equal (torchmetrics' own grouping would merge them).
+    values = [torch.tensor([3.0]), torch.tensor([1.0, 7.0])]
+    tracker = MetricsTracker({"max": MaxMetric(), "min": MinMetric()}, needs=["x"])
+    assert run_epoch(tracker, "val", [{"x": v} for v in values]) == {"max/val": 7.0, "min/val": 1.0}
+
+    # ignore_index changes the update: no label 0 in the first batch must not merge them either.
+    first = {"preds": torch.tensor([1, 2, 2]), "target": torch.tensor([1, 2, 1])}
+    second = {"preds": torch.tensor([0, 1, 0]), "target": torch.tensor([0, 1, 2])}
+    tracker = MetricsTracker(
+        {"all": MulticlassAccuracy(3, average="micro"), "no0": MulticlassAccuracy(3, average="micro", ignore_index=0)}
+    )
+    results = run_epoch(tracker, "val", [first, second])
+    assert results == {"all/val": pytest.approx(4 / 6), "no0/val": pytest.approx(3 / 5)}
