@@ -299,6 +299,9 @@ class Stage:
                 leader.sync(collectives)
             except Exception as err:
                 errors[leader.name] = err
+        for bound in self.bounds.values():
+            if isinstance(bound, TorchmetricBound) and bound.leader is not None:
+                bound.adopt_leader_state()
         try:
             for name, bound in self.bounds.items():
                 try:

@@ -155,7 +155,11 @@ class TorchmetricBound(Bound):
         self.name = name
         self.metric = metric.clone()
         self.metric.reset()
+        # The stage syncs the clone explicitly, once, before computing; it must never sync by itself
+        # (an implicit sync inside compute or forward would be a second, unordered collective).
         self.metric.distributed_available_fn = _never_distributed
+        self.metric.sync_on_compute = False
+        self.metric._to_sync = False
         self.leader: TorchmetricBound | None = None
 
     def update(self, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -182,14 +186,17 @@ class TorchmetricBound(Bound):
         if self.metric._is_synced:
             self.metric.unsync()
 
+    def adopt_leader_state(self) -> None:
+        """Take the (synced) state of :attr:`leader`, whose update served this metric."""
+        assert self.leader is not None
+        source = self.leader.metric
+        for key in self.metric._defaults:
+            setattr(self.metric, key, getattr(source, key))
+        self.metric._update_count = source._update_count
+        self.metric._computed = None
+
     def compute(self) -> Any:
-        """The metric's value on its current (synced) state, or on its leader's."""
-        if self.leader is not None:
-            source = self.leader.metric
-            for key in self.metric._defaults:
-                setattr(self.metric, key, getattr(source, key))
-            self.metric._update_count = source._update_count
-            self.metric._computed = None
+        """The metric's value on its current state (restores the local state if it was synced)."""
         return self.metric.compute()
 
     def reset(self) -> None:
