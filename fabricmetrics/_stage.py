@@ -245,7 +245,16 @@ class Stage:
                 if self.compute_on_cpu and value.device.type != "cpu":
                     value = value.to("cpu", non_blocking=True)
                     self._pending_copy = True
-            self._chunks.setdefault(i, []).append(value)
+            chunks = self._chunks.setdefault(i, [])
+            if chunks and _layout(chunks) != _layout([value]):
+                name, label = self._users[i]
+                raise OutputsError(
+                    f"Metric `{name}` ({label}, {describe_source(self._sources[i])}) received {_layout([value])} "
+                    f"on step {self.steps} of stage `{self.name}` but {_layout(chunks)} on earlier steps (kind, "
+                    "per-sample shape, dtype); exact mode concatenates them. HINT: return the same dtype and "
+                    "per-sample shape on every step."
+                )
+            chunks.append(value)
         for bound, pos, kws in self._calls:  # type: ignore[union-attr]
             if isinstance(bound, ExactBound):
                 ids = (*pos, *(i for _, i in kws))
@@ -264,6 +273,7 @@ class Stage:
         """What the other ranks need to know before the reduction (small and picklable)."""
         exact_calls = None
         layouts: list[Any] = []
+        counts: list[int] = []
         if self._calls is not None:
             position = {src: j for j, src in enumerate(self._exact)}
             exact_calls = {
@@ -272,8 +282,15 @@ class Stage:
                 if isinstance(b, ExactBound)
             }
             layouts = [_layout(self._chunks.get(i)) for i in self._exact]
+            counts = [sum(len(c) for c in self._chunks.get(i, [])) for i in self._exact]
         per_step = {n: b.keys for n, b in self.bounds.items() if isinstance(b, PerStepBound)}
-        return {"samples": self.samples, "exact_calls": exact_calls, "layouts": layouts, "per_step": per_step}
+        return {
+            "samples": self.samples,
+            "exact_calls": exact_calls,
+            "layouts": layouts,
+            "counts": counts if self._calls is not None else None,
+            "per_step": per_step,
+        }
 
     def reduce(
         self, collectives: Collectives, metas: list[dict[str, Any]]
@@ -378,14 +395,21 @@ class Stage:
             return None
         if self._pending_copy and torch.cuda.is_available():
             torch.cuda.synchronize()
-        layouts = [
-            next((m["layouts"][j] for m in metas if m["layouts"] and m["layouts"][j]), None)
-            for j in range(len(reference["layouts"]))
-        ]
+        layouts = []
+        for j in range(len(reference["layouts"])):
+            seen = [(rank, m["layouts"][j]) for rank, m in enumerate(metas) if m["layouts"] and m["layouts"][j]]
+            if len({layout for _, layout in seen}) > 1:  # every rank sees the same metas: all raise alike
+                raise OutputsError(
+                    f"Stage `{self.name}`: the ranks collected differently shaped or typed values for the same "
+                    f"argument (kind, trailing shape, dtype per rank: {seen}). HINT: return the same dtype and "
+                    "per-sample shape from every rank."
+                )
+            layouts.append(seen[0][1] if seen else None)
         data = []
         for j, layout in enumerate(layouts):
             chunks = self._chunks.get(self._exact[j], []) if self._calls is not None else []
-            data.append(_concat_and_gather(collectives, chunks, layout))
+            counts = [m["counts"][j] if m["counts"] is not None else 0 for m in metas]
+            data.append(_concat_and_gather(collectives, chunks, layout, counts))
         return data, reference["exact_calls"]
 
     # ----------------------------------------------------------------------------------------------
@@ -450,7 +474,7 @@ def _as_tensor(value: Any) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
 
 
-def _concat_and_gather(collectives: Collectives, chunks: list[Any], layout: Any) -> Any:
+def _concat_and_gather(collectives: Collectives, chunks: list[Any], layout: Any, counts: list[int]) -> Any:
     """This rank's chunks of one source, concatenated, then gathered over ranks (rank order)."""
     kind = layout[0] if layout else "torch"
     if kind == "numpy":
@@ -459,10 +483,10 @@ def _concat_and_gather(collectives: Collectives, chunks: list[Any], layout: Any)
             return array
         if array.dtype.kind not in "biufc":
             raise OutputsError(f"Cannot gather NumPy arrays of dtype {array.dtype} across ranks; use numbers.")
-        return to_numpy(collectives.all_gather_cat(torch.from_numpy(np.ascontiguousarray(array))))
+        return to_numpy(collectives.all_gather_cat(torch.from_numpy(np.ascontiguousarray(array)), counts))
     if chunks:
         local = torch.cat([torch.as_tensor(c) for c in chunks]) if len(chunks) > 1 else torch.as_tensor(chunks[0])
     else:
         dtype = getattr(torch, layout[2].removeprefix("torch.")) if layout else torch.float32
         local = torch.empty((0, *(layout[1] if layout else ())), dtype=dtype)
-    return collectives.all_gather_cat(local)
+    return collectives.all_gather_cat(local, counts)

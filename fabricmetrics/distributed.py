@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
@@ -102,22 +103,44 @@ class Collectives(ABC):
             return tensor
         return self._all_reduce_sum(tensor.to(self.device)).to(tensor.device)
 
-    def all_gather_list(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+    def all_gather_list(self, tensor: torch.Tensor, shapes: list[tuple[int, ...]] | None = None) -> list[torch.Tensor]:
         """Gather a tensor whose shape may differ between ranks.
 
-        The shapes are exchanged first, every tensor is padded to the largest shape, gathered, and
-        trimmed back. An empty tensor whose number of dimensions differs from the others (a rank
-        that saw no data) comes back as an empty tensor shaped like the others' trailing
-        dimensions, so the results concatenate.
+        The shapes are exchanged first (unless every rank passes the same ``shapes``), every tensor
+        is padded to the largest shape, gathered, and trimmed back. An empty tensor whose number of
+        dimensions differs from the others (a rank that saw no data) comes back as an empty tensor
+        shaped like the others' trailing dimensions, so the results concatenate.
 
         Args:
             tensor: this rank's tensor (any device, any dtype, at most 8 dimensions).
+            shapes: every rank's shape, when all ranks already know them (saves one collective);
+                the dtype must then be the same on every rank.
 
         Returns:
             One tensor per rank, in rank order, on ``tensor.device``.
         """
         if self.world_size == 1:
             return [tensor]
+        if shapes is None:
+            shapes, dtype = self._exchange_layouts(tensor)
+        else:
+            dtype = tensor.dtype
+        ndim = len(shapes[0])
+        local_shape = shapes[self.rank]
+        max_shape = [max(s[d] for s in shapes) for d in range(ndim)]
+        payload, restore = _to_transport(tensor.reshape(local_shape).to(dtype))
+        if tuple(max_shape) == tuple(local_shape):
+            padded = payload.to(self.device)
+        else:
+            padded = torch.zeros(max_shape, dtype=payload.dtype, device=self.device)
+            padded[tuple(slice(0, n) for n in local_shape)] = payload.to(self.device)
+        gathered = self._all_gather_same(padded)
+        return [
+            restore(g[tuple(slice(0, n) for n in shape)]).to(tensor.device)
+            for g, shape in zip(gathered, shapes, strict=True)
+        ]
+
+    def _exchange_layouts(self, tensor: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.dtype]:
         if tensor.dim() > _MAX_DIMS:
             raise ValueError(f"Cannot gather a tensor with {tensor.dim()} dimensions (at most {_MAX_DIMS}).")
         header = torch.zeros(_MAX_DIMS + 2, dtype=torch.int64)
@@ -125,32 +148,24 @@ class Collectives(ABC):
         header[1] = tensor.dim()
         header[2 : 2 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
         headers = [h.tolist() for h in self._all_gather_same(header.to(self.device))]
-        shapes, dtype = _common_layout([tuple(h[2 : 2 + h[1]]) for h in headers], [_DTYPES[h[0]] for h in headers])
-        ndim = len(shapes[0])
-        local_shape = shapes[self.rank]
-        max_shape = [max(s[d] for s in shapes) for d in range(ndim)]
-        payload, restore = _to_transport(tensor.reshape(local_shape).to(dtype))
-        padded = torch.zeros(max_shape, dtype=payload.dtype, device=self.device)
-        padded[tuple(slice(0, n) for n in local_shape)] = payload.to(self.device)
-        gathered = self._all_gather_same(padded)
-        return [
-            restore(g[tuple(slice(0, n) for n in shape)]).to(tensor.device)
-            for g, shape in zip(gathered, shapes, strict=True)
-        ]
+        return _common_layout([tuple(h[2 : 2 + h[1]]) for h in headers], [_DTYPES[h[0]] for h in headers])
 
-    def all_gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
+    def all_gather_cat(self, tensor: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
         """Concatenate along the first dimension the tensors of every rank, in rank order.
 
         Args:
             tensor: this rank's samples; sizes along the first dimension may differ between ranks
                 and may be zero.
+            counts: every rank's size along the first dimension, when all ranks already know them
+                (then trailing dimensions and dtype must agree); saves the shape exchange.
 
         Returns:
             The concatenation, on ``tensor.device``.
         """
         if self.world_size == 1:
             return tensor
-        return torch.cat(self.all_gather_list(tensor), dim=0)
+        shapes = None if counts is None else [(n, *tensor.shape[1:]) for n in counts]
+        return torch.cat(self.all_gather_list(tensor, shapes), dim=0)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Gather a small picklable object from every rank.
@@ -266,7 +281,10 @@ class FabricCollectives(Collectives):
         return torch.device(self.fabric.device)
 
     def _all_gather_same(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        gathered = self.fabric.all_gather(tensor.contiguous())
+        with warnings.catch_warnings():
+            # Fabric's all_gather goes through a torch function that recent torch marks as deprecated.
+            warnings.filterwarnings("ignore", message=r".*all_gather is deprecated", category=FutureWarning)
+            gathered = self.fabric.all_gather(tensor.contiguous())
         assert isinstance(gathered, torch.Tensor)
         return list(gathered.unbind(0))
 

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from fabricmetrics import MetricsTracker, Schedule
 from fabricmetrics.exceptions import DistributedError, MetricError
 from tests._distributed import load_rank_results, run_on_ranks, save_rank_result
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
@@ -131,7 +132,19 @@ def recording_worker(rank, world):
 
 
 def failing_worker(rank, world):
-    return failing_metric_worker(rank, world), failing_block_worker(rank, world)
+    return failing_metric_worker(rank, world), failing_block_worker(rank, world), mismatch_worker(rank, world)
+
+
+def mismatch_worker(rank, world):
+    """Ranks returning different dtypes for one argument: every rank raises the same error."""
+    tracker = MetricsTracker({"m": lambda z: z.sum()})
+    dtype = torch.float32 if rank == 0 else torch.float64
+    try:
+        with tracker.epoch("val"):
+            tracker.step("val", {"z": torch.ones(3, 2, dtype=dtype)})
+    except Exception as err:
+        return type(err).__name__, str(err)
+    return None
 
 
 def failing_metric_worker(rank, world):
@@ -213,7 +226,7 @@ def test_collective_calls_are_identical_on_every_rank(tmp_path):
 
 
 def test_failures_on_one_rank_reach_every_rank(tmp_path):
-    metric_out, block_out = zip(*run_on_ranks(failing_worker, tmp_path), strict=True)
+    metric_out, block_out, mismatch_out = zip(*run_on_ranks(failing_worker, tmp_path), strict=True)
     # a metric that raises while computing on rank 1 only
     out = metric_out
     assert out[1][0] == "MetricError" and "Metric `fragile` failed on rank 1" in out[1][1]
@@ -231,6 +244,9 @@ def test_failures_on_one_rank_reach_every_rank(tmp_path):
     )
     assert out[0][1] == out[1][1] and not math.isnan(out[0][1]["acc/val"])
     assert np.isfinite(list(out[0][1].values())).all()
+    # values of different dtypes on the two ranks: one clear error on both, no hang
+    assert mismatch_out[0] == mismatch_out[1]
+    assert mismatch_out[0][0] == "OutputsError" and "differently shaped or typed values" in mismatch_out[0][1]
 
 
 def fabric_worker(fabric, out_dir):
@@ -250,11 +266,13 @@ def fabric_worker(fabric, out_dir):
     save_rank_result(out_dir, fabric.global_rank, (results, step_checks, dict(tracker.history)))
 
 
-def test_fabric_ddp_spawn_equals_one_process(tmp_path):
+def test_fabric_ddp_spawn_equals_one_process(tmp_path, monkeypatch):
     from lightning_fabric import Fabric
 
     from fabricmetrics.loggers import CSVLogger
 
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     logger = CSVLogger(tmp_path, name="run", version=0)
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn", loggers=[logger])
     fabric.launch(fabric_worker, str(tmp_path))

@@ -452,3 +452,11 @@ def test_metrics_that_agree_on_a_first_batch_are_not_merged():
     )
     results = run_epoch(tracker, "val", [first, second])
     assert results == {"all/val": pytest.approx(4 / 6), "no0/val": pytest.approx(3 / 5)}
+
+
+def test_exact_mode_rejects_values_that_change_shape_or_dtype():
+    tracker = MetricsTracker({"m": lambda z: z.sum()})
+    with pytest.raises(
+        OutputsError, match=r"Metric `m` \(argument `z`, 'z'\) received \('torch', \(3,\), 'torch.float64'\)"
+    ):
+        run_epoch(tracker, "val", [{"z": torch.zeros(2, 3)}, {"z": torch.zeros(2, 3, dtype=torch.float64)}])
