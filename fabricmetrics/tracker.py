@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchmetrics import Metric, MetricCollection
 
+from fabricmetrics._hooks import CallbackHooks
 from fabricmetrics._stage import Stage
 from fabricmetrics._values import flatten_value, to_floats
 from fabricmetrics.bound import update_signature
@@ -63,7 +64,7 @@ class EpochRecord:
     empty_batches: int = 0
 
 
-class MetricsTracker:
+class MetricsTracker(CallbackHooks):
     """Metrics for a custom training loop, correct across steps, epochs and ranks.
 
     Args:
@@ -249,34 +250,13 @@ class MetricsTracker:
             MetricError: a metric failed to compute (this rank).
             DistributedError: another rank failed inside the block or while computing.
         """
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
-        ):
-            raise ConfigurationError(
-                f"num_samples must be a non-negative int (the dataset's length), got {num_samples!r}."
-            )
-        st = self._stage(stage)
-        if st.open:
-            raise StageError(f"An epoch of stage {stage!r} is already open; epochs of one stage cannot nest.")
-        collectives = self._collectives()
-        st.begin_epoch(num_samples, collectives.world_size, collectives.rank)
-        record = EpochRecord(stage=stage, index=st.epochs + 1, num_samples=num_samples)
-        self._open[stage] = record
+        record = self._begin_epoch(stage, num_samples)
         try:
-            try:
-                yield record
-            except Exception as err:
-                if collectives.world_size > 1:
-                    collectives.all_gather_object({"error": f"{type(err).__name__}: {err}", "meta": None})
-                raise
-            record.samples, record.empty_batches = st.samples, st.empty_batches
-            record.results = self._finish_epoch(st, record, collectives)
-        except BaseException:
-            st.end_epoch(completed=False)
+            yield record
+        except BaseException as err:
+            self._end_epoch(stage, err)
             raise
-        finally:
-            self._open.pop(stage, None)
-        self._run_probes(stage, st.epochs, collectives)
+        self._end_epoch(stage, None)
 
     def log(self, values: Mapping[str, float], *, step: int | None = None) -> None:
         """Log extra values (learning rate, timings, …) to the history and every logger (rank 0).
@@ -340,6 +320,44 @@ class MetricsTracker:
                 name, self._metrics, self._specs, schedule, self.compute_on_cpu, self._signatures
             )
         return st
+
+    def _begin_epoch(self, stage: str, num_samples: int | None) -> EpochRecord:
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
+        ):
+            raise ConfigurationError(
+                f"num_samples must be a non-negative int (the dataset's length), got {num_samples!r}."
+            )
+        st = self._stage(stage)
+        if st.open:
+            raise StageError(f"An epoch of stage {stage!r} is already open; epochs of one stage cannot nest.")
+        collectives = self._collectives()
+        st.begin_epoch(num_samples, collectives.world_size, collectives.rank)
+        record = self._open[stage] = EpochRecord(stage=stage, index=st.epochs + 1, num_samples=num_samples)
+        return record
+
+    def _end_epoch(self, stage: str, error: BaseException | None) -> None:
+        """Close the open epoch of ``stage``: compute and log it, or, after ``error``, discard it.
+
+        An ``Exception`` on one rank is announced to the others (they raise a DistributedError at
+        their epoch end); ``KeyboardInterrupt`` and other ``BaseException``s make no collective call.
+        """
+        st, record = self._stages[stage], self._open[stage]
+        collectives = self._collectives()
+        try:
+            if error is not None:
+                if isinstance(error, Exception) and collectives.world_size > 1:
+                    collectives.all_gather_object({"error": f"{type(error).__name__}: {error}", "meta": None})
+                st.end_epoch(completed=False)
+                return
+            record.samples, record.empty_batches = st.samples, st.empty_batches
+            record.results = self._finish_epoch(st, record, collectives)
+        except BaseException:
+            st.end_epoch(completed=False)
+            raise
+        finally:
+            self._open.pop(stage, None)
+        self._run_probes(stage, st.epochs, collectives)
 
     def _finish_epoch(self, st: Stage, record: EpochRecord, collectives: Collectives) -> dict[str, float]:
         """Exchange statuses, reduce, compute, exchange outcomes, log. Same calls on every rank."""
