@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fabricmetrics._values import flatten_value, to_numpy
+from fabricmetrics._collect import Collector
+from fabricmetrics._values import flatten_value
 from fabricmetrics.bound import Bound, ExactBound, PerStepBound, TorchmetricBound
 from fabricmetrics.distributed import Collectives, valid_sample_count
 from fabricmetrics.exceptions import FabricMetricsError, MetricError, OutputsError
@@ -43,7 +44,7 @@ class Stage:
         self.signatures = signatures
         self.schedule = schedule
         self.specs = specs
-        self.compute_on_cpu = compute_on_cpu
+        self._collector = Collector(compute_on_cpu)
         self.bounds: dict[str, Bound] = {}
         for metric_name, metric in metrics.items():
             if isinstance(metric, torch.nn.Module):
@@ -90,8 +91,7 @@ class Stage:
         self.seen = 0
         self.samples = 0
         self.empty_batches = 0
-        self._chunks: dict[int, list[Any]] = {}
-        self._pending_copy = False
+        self._collector.reset()
 
     # ----------------------------------------------------------------------------------------------
     # steps
@@ -203,6 +203,10 @@ class Stage:
         if self.device is None:
             self._place(torch.device("cpu"))
 
+    def _label(self, i: int) -> str:
+        name, label = self._users[i]
+        return f"Metric `{name}` ({label}, {describe_source(self._sources[i])})"
+
     def _place(self, device: torch.device) -> None:
         self.device = device
         for bound in self.bounds.values():
@@ -227,34 +231,9 @@ class Stage:
         return values, keep
 
     def _collect(self, values: list[Any], n: int) -> None:
+        where = f"step {self.steps}"
         for i in self._exact:
-            value = values[i]
-            if isinstance(value, (list, tuple)):
-                value = np.asarray(value)
-            if not isinstance(value, (torch.Tensor, np.ndarray)) or value.ndim == 0:
-                name, label = self._users[i]
-                raise OutputsError(
-                    f"Metric `{name}` ({label}, {describe_source(self._sources[i])}) received {value!r:.60} "
-                    f"({type(value).__name__}) in exact mode (per_step=False), which collects arrays or tensors "
-                    f"whose first dimension is the sample dimension. HINT: average a per-batch scalar such as a loss "
-                    f"with schedule={{{self.name!r}: Schedule(per_step=True)}} or torchmetrics.MeanMetric; constants "
-                    "belong in the metric, e.g. functools.partial(f1_score, average='macro')."
-                )
-            if isinstance(value, torch.Tensor):
-                value = value.detach()
-                if self.compute_on_cpu and value.device.type != "cpu":
-                    value = value.to("cpu", non_blocking=True)
-                    self._pending_copy = True
-            chunks = self._chunks.setdefault(i, [])
-            if chunks and _layout(chunks) != _layout([value]):
-                name, label = self._users[i]
-                raise OutputsError(
-                    f"Metric `{name}` ({label}, {describe_source(self._sources[i])}) received {_layout([value])} "
-                    f"on step {self.steps} of stage `{self.name}` but {_layout(chunks)} on earlier steps (kind, "
-                    "per-sample shape, dtype); exact mode concatenates them. HINT: return the same dtype and "
-                    "per-sample shape on every step."
-                )
-            chunks.append(value)
+            self._collector.add(i, values[i], lambda i=i: self._label(i), where, self.name)  # type: ignore[misc]
         for bound, pos, kws in self._calls:  # type: ignore[union-attr]
             if isinstance(bound, ExactBound):
                 ids = (*pos, *(i for _, i in kws))
@@ -281,8 +260,8 @@ class Stage:
                 for b, pos, kws in self._calls
                 if isinstance(b, ExactBound)
             }
-            layouts = [_layout(self._chunks.get(i)) for i in self._exact]
-            counts = [sum(len(c) for c in self._chunks.get(i, [])) for i in self._exact]
+            layouts = [self._collector.layout(i) for i in self._exact]
+            counts = [self._collector.count(i) for i in self._exact]
         per_step = {n: b.keys for n, b in self.bounds.items() if isinstance(b, PerStepBound)}
         return {
             "samples": self.samples,
@@ -393,8 +372,6 @@ class Stage:
         reference = next((m for m in metas if m["exact_calls"] is not None), None)
         if reference is None or not reference["exact_calls"]:
             return None
-        if self._pending_copy and torch.cuda.is_available():
-            torch.cuda.synchronize()
         layouts = []
         for j in range(len(reference["layouts"])):
             seen = [(rank, m["layouts"][j]) for rank, m in enumerate(metas) if m["layouts"] and m["layouts"][j]]
@@ -407,9 +384,9 @@ class Stage:
             layouts.append(seen[0][1] if seen else None)
         data = []
         for j, layout in enumerate(layouts):
-            chunks = self._chunks.get(self._exact[j], []) if self._calls is not None else []
+            index = self._exact[j] if self._calls is not None else None
             counts = [m["counts"][j] if m["counts"] is not None else 0 for m in metas]
-            data.append(_concat_and_gather(collectives, chunks, layout, counts))
+            data.append(self._collector.gather(collectives, index, layout, counts))
         return data, reference["exact_calls"]
 
     # ----------------------------------------------------------------------------------------------
@@ -425,8 +402,7 @@ class Stage:
                 "samples": self.samples,
                 "empty_batches": self.empty_batches,
                 "bounds": {n: b.state_dict() for n, b in self.bounds.items()},
-                "chunks": {str(i): [_as_tensor(c) for c in cs] for i, cs in self._chunks.items()},
-                "numpy_chunks": [str(i) for i, cs in self._chunks.items() if cs and isinstance(cs[0], np.ndarray)],
+                "collected": self._collector.state_dict(),
             }
         return state
 
@@ -442,8 +418,7 @@ class Stage:
         self.seen, self.samples, self.empty_batches = epoch["seen"], epoch["samples"], epoch["empty_batches"]
         for n, bound_state in epoch["bounds"].items():
             self.bounds[n].load_state_dict(bound_state)
-        as_numpy = set(epoch["numpy_chunks"])
-        self._chunks = {int(i): [c.numpy() if i in as_numpy else c for c in cs] for i, cs in epoch["chunks"].items()}
+        self._collector.load_state_dict(epoch["collected"])
 
 
 def _first_dim(value: Any) -> int | None:
@@ -460,33 +435,3 @@ def _batch_size(values: list[Any]) -> int:
         if size is not None:
             return size
     return 1
-
-
-def _layout(chunks: list[Any] | None) -> tuple[str, tuple[int, ...], str] | None:
-    if not chunks:
-        return None
-    first = chunks[0]
-    kind = "torch" if isinstance(first, torch.Tensor) else "numpy"
-    return kind, tuple(first.shape[1:]), str(first.dtype)
-
-
-def _as_tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-
-
-def _concat_and_gather(collectives: Collectives, chunks: list[Any], layout: Any, counts: list[int]) -> Any:
-    """This rank's chunks of one source, concatenated, then gathered over ranks (rank order)."""
-    kind = layout[0] if layout else "torch"
-    if kind == "numpy":
-        array = np.concatenate(chunks) if chunks else np.empty((0, *layout[1]), dtype=np.dtype(layout[2]))
-        if collectives.world_size == 1:
-            return array
-        if array.dtype.kind not in "biufc":
-            raise OutputsError(f"Cannot gather NumPy arrays of dtype {array.dtype} across ranks; use numbers.")
-        return to_numpy(collectives.all_gather_cat(torch.from_numpy(np.ascontiguousarray(array)), counts))
-    if chunks:
-        local = torch.cat([torch.as_tensor(c) for c in chunks]) if len(chunks) > 1 else torch.as_tensor(chunks[0])
-    else:
-        dtype = getattr(torch, layout[2].removeprefix("torch.")) if layout else torch.float32
-        local = torch.empty((0, *(layout[1] if layout else ())), dtype=dtype)
-    return collectives.all_gather_cat(local, counts)

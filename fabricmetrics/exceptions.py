@@ -8,6 +8,11 @@ expected, what was received and, where there is one, the fix after ``HINT:``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import warnings
+
 __all__ = [
     "ConfigurationError",
     "DistributedError",
@@ -20,6 +25,7 @@ __all__ = [
     "OutputsError",
     "OutputsTypeError",
     "StageError",
+    "warn",
 ]
 
 
@@ -69,3 +75,24 @@ class InputError(FabricMetricsError, ValueError):
 
 class InputTypeError(FabricMetricsError, TypeError):
     """A metric function received values of an unsupported type (e.g. torch mixed with NumPy)."""
+
+
+def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
+    """Warn, pointing at the first frame outside fabricmetrics (and ``contextlib``): the user's line.
+
+    Args:
+        message: the warning's text.
+        category: the warning class.
+    """
+    warnings.warn(message, category, stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package and contextlib."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(package) or frame.f_code.co_filename == contextlib.__file__
+    ):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level

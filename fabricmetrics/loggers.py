@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from typing import Any
 
 from lightning_fabric.loggers import CSVLogger as _FabricCSVLogger
@@ -20,7 +21,9 @@ from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from lightning_fabric.utilities.rank_zero import rank_zero_warn
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "resume_loggers"]
+from fabricmetrics.exceptions import LogDirectoryError
+
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "check_writable", "resume_loggers"]
 
 
 class CSVLogger(_FabricCSVLogger):
@@ -133,3 +136,29 @@ def resume_loggers(loggers: list[Logger], step: int) -> None:
             kwargs = getattr(logger, "_kwargs", None)
             if isinstance(kwargs, dict):
                 kwargs.setdefault("purge_step", step + 1)
+
+
+def check_writable(logger: Logger) -> None:
+    """Create the logger's directory and write a file in it, so a bad path fails at once.
+
+    Args:
+        logger: any logger; one without a local ``log_dir`` is skipped.
+
+    Raises:
+        LogDirectoryError: the directory cannot be created or written.
+    """
+    try:
+        directory = logger.log_dir
+    except Exception:
+        directory = None
+    if not directory:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise LogDirectoryError(
+            f"{type(logger).__name__} cannot write to {directory!r}: {err.strerror or err}. "
+            "HINT: choose a writable root directory for the logger."
+        ) from err

@@ -17,14 +17,27 @@ checked when the tracker is built; output keys are resolved once per stage, on i
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
+from torchmetrics import Metric, MetricCollection
+
 from fabricmetrics.exceptions import ConfigurationError, NeedsError
 
-__all__ = ["ALIASES", "ArgPlan", "NeedsSpec", "Source", "describe_source", "parse_needs", "resolve_plan"]
+__all__ = [
+    "ALIASES",
+    "ArgPlan",
+    "NeedsSpec",
+    "Source",
+    "describe_source",
+    "missing_key_error",
+    "name_metrics",
+    "parse_needs",
+    "resolve_plan",
+]
 
 Source: TypeAlias = "str | Callable[[Mapping[str, Any]], Any]"
 """Where one argument comes from: an output key, or a function of the whole outputs mapping."""
@@ -252,8 +265,6 @@ def _signature(metric: Any) -> inspect.Signature | None:
 
 
 def _is_torchmetric(metric: Any) -> bool:
-    from torchmetrics import Metric, MetricCollection
-
     return isinstance(metric, (Metric, MetricCollection))
 
 
@@ -295,3 +306,63 @@ def _hint(resolved: Mapping[str, str | None], param: str, candidates: list[str],
     guesses = unused if len(unused) == len(missing) else ["<output key>"] * len(missing)
     filled.update(zip(missing, guesses, strict=True))
     return repr(filled)
+
+
+def name_metrics(metrics: Any) -> dict[str, Any]:
+    """Name the metrics: dict keys, else ``__name__`` / class name with ``_1``, ``_2`` on clashes.
+
+    Args:
+        metrics: a dict name → metric, a list, one metric, or a ``MetricCollection``.
+
+    Returns:
+        Name → metric, in order.
+
+    Raises:
+        ConfigurationError: a name is empty, a metric is neither a torchmetrics metric nor a callable,
+            or a ``MetricCollection`` sits inside a dict or list.
+
+    Example:
+        >>> from sklearn.metrics import accuracy_score
+        >>> list(name_metrics([accuracy_score, accuracy_score, lambda x: x]))
+        ['accuracy_score', 'accuracy_score_1', 'lambda']
+    """
+    if isinstance(metrics, MetricCollection):
+        metrics = dict(metrics.items(keep_base=False, copy_state=False))
+    if isinstance(metrics, Mapping):
+        named = dict(metrics)
+        for name in named:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(f"Metric names must be non-empty strings, got {name!r}.")
+    else:
+        items = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+        named = {}
+        for metric in items:
+            base = _base_name(metric)
+            name, i = base, 0
+            while name in named:
+                i += 1
+                name = f"{base}_{i}"
+            named[name] = metric
+    if not named:
+        raise ConfigurationError("MetricsTracker needs at least one metric.")
+    for name, metric in named.items():
+        if isinstance(metric, MetricCollection):
+            raise ConfigurationError(
+                f"Metric `{name}` is a MetricCollection inside a dict or list. HINT: pass its metrics directly, "
+                "e.g. MetricsTracker(dict(collection.items())), or pass the collection itself as `metrics`."
+            )
+        if not isinstance(metric, Metric) and not callable(metric):
+            raise ConfigurationError(
+                f"Metric `{name}` is a {type(metric).__name__}, which is neither a torchmetrics.Metric nor a callable."
+            )
+    return named
+
+
+def _base_name(metric: Any) -> str:
+    fn = metric
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, Metric) or not hasattr(fn, "__name__"):
+        return type(fn).__name__
+    name = str(fn.__name__)
+    return "lambda" if name == "<lambda>" else name

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
-import sys
-import tempfile
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 
 from fabricmetrics._hooks import CallbackHooks
 from fabricmetrics._stage import Stage
@@ -24,14 +19,14 @@ from fabricmetrics.distributed import Collectives, resolve_collectives
 from fabricmetrics.exceptions import (
     ConfigurationError,
     DistributedError,
-    LogDirectoryError,
     MetricError,
     OutputsTypeError,
     StageError,
+    warn,
 )
 from fabricmetrics.history import History
-from fabricmetrics.loggers import Logger, resume_loggers
-from fabricmetrics.needs import parse_needs
+from fabricmetrics.loggers import Logger, check_writable, resume_loggers
+from fabricmetrics.needs import name_metrics, parse_needs
 from fabricmetrics.schedule import Schedule, default_schedule
 
 if TYPE_CHECKING:
@@ -118,7 +113,7 @@ class MetricsTracker(CallbackHooks):
         progress: bool = False,
     ) -> None:
         """Check the configuration; nothing touches devices, files or process groups yet."""
-        self._metrics = _named_metrics(metrics)
+        self._metrics = name_metrics(metrics)
         self._specs = parse_needs(needs, self._metrics)
         self._signatures = {n: update_signature(m) for n, m in self._metrics.items() if isinstance(m, Metric)}
         self._schedules = dict(schedule or {})
@@ -162,7 +157,7 @@ class MetricsTracker(CallbackHooks):
                 with contextlib.suppress(Exception):
                     _ = logger.version
             for logger in loggers:
-                _check_writable(logger)
+                check_writable(logger)
         return self
 
     def __exit__(
@@ -174,11 +169,7 @@ class MetricsTracker(CallbackHooks):
             try:
                 logger.finalize(status)
             except Exception as err:
-                warnings.warn(
-                    f"{type(logger).__name__}.finalize({status!r}) failed: {err}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                warn(f"{type(logger).__name__}.finalize({status!r}) failed: {err}")
 
     # ----------------------------------------------------------------------------------------------
     def step(self, stage: str, outputs: Mapping[str, Any], *, batch_size: int | None = None) -> dict[str, float]:
@@ -435,78 +426,4 @@ class MetricsTracker(CallbackHooks):
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=_user_stacklevel())
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside this package and contextlib."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and (
-        frame.f_code.co_filename.startswith(package) or frame.f_code.co_filename == contextlib.__file__
-    ):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
-
-
-def _named_metrics(metrics: Any) -> dict[str, Any]:
-    """Name the metrics: dict keys, else ``__name__`` / class name with ``_1``, ``_2`` on clashes."""
-    if isinstance(metrics, MetricCollection):
-        metrics = dict(metrics.items(keep_base=False, copy_state=False))
-    if isinstance(metrics, Mapping):
-        named = dict(metrics)
-        for name in named:
-            if not isinstance(name, str) or not name:
-                raise ConfigurationError(f"Metric names must be non-empty strings, got {name!r}.")
-    else:
-        items = list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
-        named = {}
-        for metric in items:
-            base = _base_name(metric)
-            name, i = base, 0
-            while name in named:
-                i += 1
-                name = f"{base}_{i}"
-            named[name] = metric
-    if not named:
-        raise ConfigurationError("MetricsTracker needs at least one metric.")
-    for name, metric in named.items():
-        if isinstance(metric, MetricCollection):
-            raise ConfigurationError(
-                f"Metric `{name}` is a MetricCollection inside a dict or list. HINT: pass its metrics directly, "
-                "e.g. MetricsTracker(dict(collection.items())), or pass the collection itself as `metrics`."
-            )
-        if not isinstance(metric, Metric) and not callable(metric):
-            raise ConfigurationError(
-                f"Metric `{name}` is a {type(metric).__name__}, which is neither a torchmetrics.Metric nor a callable."
-            )
-    return named
-
-
-def _base_name(metric: Any) -> str:
-    fn = metric
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if isinstance(fn, Metric) or not hasattr(fn, "__name__"):
-        return type(fn).__name__
-    name = str(fn.__name__)
-    return "lambda" if name == "<lambda>" else name
-
-
-def _check_writable(logger: Logger) -> None:
-    """Create the logger's directory and write a file in it, so a bad path fails at once."""
-    try:
-        directory = logger.log_dir
-    except Exception:
-        directory = None
-    if not directory:
-        return
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as err:
-        raise LogDirectoryError(
-            f"{type(logger).__name__} cannot write to {directory!r}: {err.strerror or err}. "
-            "HINT: choose a writable root directory for the logger."
-        ) from err
+            warn(message)
