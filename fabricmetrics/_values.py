@@ -35,6 +35,11 @@ def flatten_value(name: str, value: Any) -> list[tuple[str, Any]]:
         ['f1_0', 'f1_1']
     """
     if isinstance(value, (torch.Tensor, np.ndarray)):
+        numeric = value.dtype.kind in "biuf" if isinstance(value, np.ndarray) else not value.dtype.is_complex
+        if not numeric:
+            raise MetricError(
+                f"Metric `{name}` returned an array of dtype {value.dtype}; only real numbers can be logged."
+            )
         if value.size == 1 if isinstance(value, np.ndarray) else value.numel() == 1:
             return [(name, value)]
         if value.ndim == 1:

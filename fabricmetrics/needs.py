@@ -302,7 +302,7 @@ def _hint(resolved: Mapping[str, str | None], param: str, candidates: list[str],
         filled[param] = candidates[0]
     missing = [p for p, v in filled.items() if v is None]
     used = {v for v in filled.values() if v is not None}
-    unused = [k for k in keys if k not in used]
+    unused = [k for k in keys if k not in used and k not in ALIASES]  # an alias key belongs to another argument
     guesses = unused if len(unused) == len(missing) else ["<output key>"] * len(missing)
     filled.update(zip(missing, guesses, strict=True))
     return repr(filled)

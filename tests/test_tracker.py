@@ -460,3 +460,10 @@ def test_exact_mode_rejects_values_that_change_shape_or_dtype():
         OutputsError, match=r"Metric `m` \(argument `z`, 'z'\) received \('torch', \(3,\), 'torch.float64'\)"
     ):
         run_epoch(tracker, "val", [{"z": torch.zeros(2, 3)}, {"z": torch.zeros(2, 3, dtype=torch.float64)}])
+
+
+@pytest.mark.parametrize("value", [np.array(["a"]), torch.tensor([1 + 2j]), "0.5", None])
+def test_values_that_are_not_real_numbers_are_errors(value):
+    tracker = MetricsTracker({"m": lambda x: value})
+    with pytest.raises(MetricError, match=r"Metric `m` returned"):
+        run_epoch(tracker, "val", [{"x": torch.zeros(2)}])
