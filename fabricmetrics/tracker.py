@@ -127,6 +127,7 @@ class MetricsTracker(CallbackHooks):
         self._loggers = None if loggers is None else list(loggers)
         self.compute_on_cpu = bool(compute_on_cpu)
         self._probes = list(probes)
+        _check_probe_keys(self._probes, self._metrics)
         self._progress = progress
         self._stages: dict[str, Stage] = {}
         self._open: dict[str, EpochRecord] = {}
@@ -427,3 +428,27 @@ class MetricsTracker(CallbackHooks):
         if key not in self._warned:
             self._warned.add(key)
             warn(message)
+
+
+def _check_probe_keys(probes: list[Any], metrics: Mapping[str, Any]) -> None:
+    """No two schedulers, and no scheduler and metric, may log under the same key."""
+    owners: dict[str, int] = {}
+    for i, probe in enumerate(probes):
+        if not callable(getattr(probe, "maybe_run", None)):
+            raise ConfigurationError(
+                f"probes[{i}] is a {type(probe).__name__}; probes are ProbingScheduler objects. "
+                "HINT: probes=[ProbingScheduler(encoder, train_loader, test_loader, probe=LogisticRegression())]."
+            )
+        for key in getattr(probe, "keys", ()):
+            if key in owners:
+                raise ConfigurationError(
+                    f"probes[{owners[key]}] and probes[{i}] both log {key!r}. HINT: give one of them a prefix, "
+                    "e.g. ProbingScheduler(..., prefix='knn')."
+                )
+            owners[key] = i
+            head, _, rest = key.partition("/")
+            if head in metrics and rest and "/" not in rest:
+                raise ConfigurationError(
+                    f"probes[{i}] logs {key!r}, which is also the key of metric `{head}` in a stage named {rest!r}. "
+                    "HINT: give the scheduler a prefix, e.g. ProbingScheduler(..., prefix='probe')."
+                )

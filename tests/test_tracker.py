@@ -467,3 +467,33 @@ def test_values_that_are_not_real_numbers_are_errors(value):
     tracker = MetricsTracker({"m": lambda x: value})
     with pytest.raises(MetricError, match=r"Metric `m` returned"):
         run_epoch(tracker, "val", [{"x": torch.zeros(2)}])
+
+
+class _FakeProbe:
+    def __init__(self, keys):
+        self.keys = keys
+        self.calls = []
+
+    def maybe_run(self, epoch, collectives):
+        self.calls.append(epoch)
+        return {k: float(epoch) for k in self.keys}
+
+
+def test_probe_results_are_logged_at_the_end_of_train_epochs():
+    probe = _FakeProbe(["Ridge/R2"])
+    tracker = MetricsTracker({"acc": accuracy_score}, probes=[probe])
+    out = {"y_true": np.array([1]), "y_pred": np.array([1])}
+    for _ in range(2):
+        run_epoch(tracker, "train", [out, out])
+        run_epoch(tracker, "val", [out])
+    assert probe.calls == [1, 2]
+    assert tracker.history["Ridge/R2"] == [(2, 1.0), (4, 2.0)]
+
+
+def test_probe_key_collisions_are_errors_when_the_tracker_is_built():
+    with pytest.raises(ConfigurationError, match=r"probes\[0\] and probes\[1\] both log 'Ridge/R2'.*prefix"):
+        MetricsTracker({"acc": accuracy_score}, probes=[_FakeProbe(["Ridge/R2"]), _FakeProbe(["Ridge/R2"])])
+    with pytest.raises(ConfigurationError, match=r"also the key of metric `acc` in a stage named 'val'"):
+        MetricsTracker({"acc": accuracy_score}, probes=[_FakeProbe(["acc/val"])])
+    with pytest.raises(ConfigurationError, match=r"probes\[0\] is a str; probes are ProbingScheduler objects"):
+        MetricsTracker({"acc": accuracy_score}, probes=["knn"])
