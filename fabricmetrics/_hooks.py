@@ -31,8 +31,9 @@ class CallbackHooks:
     """Hook methods mixed into :class:`~fabricmetrics.MetricsTracker`.
 
     Batch hooks take the outputs as ``outputs=`` (or the first mapping among the positional
-    arguments) and an optional ``batch_size=``; epoch-start hooks take an optional
-    ``num_samples=``. Other arguments (``batch``, ``batch_idx``, a module, …) are ignored.
+    arguments) and an optional ``batch_size=``; epoch-start hooks take optional ``num_samples=``
+    and ``total=`` (steps, for the progress display). Other arguments (``batch``, ``batch_idx``, a
+    module, …) are ignored.
 
     Example:
         >>> from lightning_fabric import Fabric
@@ -49,7 +50,7 @@ class CallbackHooks:
         [(0, 0.5)]
     """
 
-    def _begin_epoch(self, stage: str, num_samples: int | None) -> Any:
+    def _begin_epoch(self, stage: str, num_samples: int | None, total: int | None = None) -> Any:
         raise NotImplementedError
 
     def _end_epoch(self, stage: str, error: BaseException | None) -> None:
@@ -64,7 +65,7 @@ class CallbackHooks:
 
     def on_train_epoch_start(self, *args: Any, **kwargs: Any) -> None:
         """Open a ``"train"`` epoch (``num_samples=`` as in ``epoch()``)."""
-        self._begin_epoch("train", kwargs.get("num_samples"))
+        self._begin_epoch("train", kwargs.get("num_samples"), kwargs.get("total"))
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """``step("train", outputs)``."""
@@ -76,7 +77,7 @@ class CallbackHooks:
 
     def on_validation_epoch_start(self, *args: Any, **kwargs: Any) -> None:
         """Open a ``"val"`` epoch."""
-        self._begin_epoch("val", kwargs.get("num_samples"))
+        self._begin_epoch("val", kwargs.get("num_samples"), kwargs.get("total"))
 
     def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """``step("val", outputs)``."""
@@ -88,7 +89,7 @@ class CallbackHooks:
 
     def on_test_epoch_start(self, *args: Any, **kwargs: Any) -> None:
         """Open a ``"test"`` epoch."""
-        self._begin_epoch("test", kwargs.get("num_samples"))
+        self._begin_epoch("test", kwargs.get("num_samples"), kwargs.get("total"))
 
     def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """``step("test", outputs)``."""

@@ -17,6 +17,7 @@ __all__ = [
     "ConfigurationError",
     "DistributedError",
     "FabricMetricsError",
+    "HistoryKeyError",
     "InputError",
     "InputTypeError",
     "LogDirectoryError",
@@ -45,6 +46,14 @@ class NeedsError(FabricMetricsError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class HistoryKeyError(FabricMetricsError, KeyError):
+    """A key (or glob pattern) names nothing that was logged."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
 class OutputsError(FabricMetricsError, ValueError):
     """The values passed to ``step()`` cannot be used (sizes, devices, scalars in exact mode)."""
 
@@ -66,7 +75,7 @@ class DistributedError(FabricMetricsError, RuntimeError):
 
 
 class LogDirectoryError(FabricMetricsError, OSError):
-    """A logger's directory cannot be created or written."""
+    """A log directory cannot be created, written or read (or holds no logs to read)."""
 
 
 class InputError(FabricMetricsError, ValueError):

@@ -27,6 +27,7 @@ from fabricmetrics.exceptions import (
 from fabricmetrics.history import History
 from fabricmetrics.loggers import Logger, check_writable, resume_loggers
 from fabricmetrics.needs import name_metrics, parse_needs
+from fabricmetrics.progress import ProgressDisplay
 from fabricmetrics.schedule import Schedule, default_schedule
 
 if TYPE_CHECKING:
@@ -128,7 +129,8 @@ class MetricsTracker(CallbackHooks):
         self.compute_on_cpu = bool(compute_on_cpu)
         self._probes = list(probes)
         _check_probe_keys(self._probes, self._metrics)
-        self._progress = progress
+        self._progress = bool(progress)
+        self._display: ProgressDisplay | None = None
         self._stages: dict[str, Stage] = {}
         self._open: dict[str, EpochRecord] = {}
         self._warned: set[str] = set()
@@ -165,6 +167,8 @@ class MetricsTracker(CallbackHooks):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         """Flush and finalize every logger with status ``"success"`` or ``"failed"``."""
+        if self._display is not None:
+            self._display.close()
         status = "success" if exc_type is None else "failed"
         for logger in self.loggers:
             try:
@@ -214,14 +218,18 @@ class MetricsTracker(CallbackHooks):
             self.global_step += 1
         values = st.step(outputs, batch_size, st.schedule.logs_step(st.steps))
         if not values:
+            if self._progress:
+                self._show().step(stage, None)
             return {}
         items = [item for name, value in values.items() for item in flatten_value(name, value)]
         logged = {f"{k}/{stage}_step": v for (k, _), v in zip(items, to_floats([v for _, v in items]), strict=True)}
         self._publish(logged)
+        if self._progress:
+            self._show().step(stage, logged)
         return logged
 
     @contextlib.contextmanager
-    def epoch(self, stage: str, *, num_samples: int | None = None) -> Iterator[EpochRecord]:
+    def epoch(self, stage: str, *, num_samples: int | None = None, total: int | None = None) -> Iterator[EpochRecord]:
         """One epoch of one stage.
 
         At the end of the block, if the stage's schedule says so, every metric is reduced over
@@ -233,6 +241,8 @@ class MetricsTracker(CallbackHooks):
             stage: the stage name.
             num_samples: the dataset's length; with it, samples that a ``DistributedSampler``
                 added as padding are kept out of every metric.
+            total: the number of steps the epoch will have (e.g. ``len(loader)``), shown by the
+                progress display.
 
         Yields:
             An :class:`EpochRecord` whose ``results`` are filled after the block.
@@ -242,7 +252,7 @@ class MetricsTracker(CallbackHooks):
             MetricError: a metric failed to compute (this rank).
             DistributedError: another rank failed inside the block or while computing.
         """
-        record = self._begin_epoch(stage, num_samples)
+        record = self._begin_epoch(stage, num_samples, total)
         try:
             yield record
         except BaseException as err:
@@ -299,6 +309,11 @@ class MetricsTracker(CallbackHooks):
             resume_loggers(self.loggers, self.global_step)
 
     # ----------------------------------------------------------------------------------------------
+    def _show(self) -> ProgressDisplay:
+        if self._display is None:  # the rank is known only once the job runs
+            self._display = ProgressDisplay(is_main=self._collectives().is_main)
+        return self._display
+
     def _collectives(self) -> Collectives:
         return resolve_collectives(self._fabric)
 
@@ -313,7 +328,7 @@ class MetricsTracker(CallbackHooks):
             )
         return st
 
-    def _begin_epoch(self, stage: str, num_samples: int | None) -> EpochRecord:
+    def _begin_epoch(self, stage: str, num_samples: int | None, total: int | None = None) -> EpochRecord:
         if num_samples is not None and (
             isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
         ):
@@ -326,6 +341,8 @@ class MetricsTracker(CallbackHooks):
         collectives = self._collectives()
         st.begin_epoch(num_samples, collectives.world_size, collectives.rank)
         record = self._open[stage] = EpochRecord(stage=stage, index=st.epochs + 1, num_samples=num_samples)
+        if self._progress:
+            self._show().epoch_started(stage, record.index, total)
         return record
 
     def _end_epoch(self, stage: str, error: BaseException | None) -> None:
@@ -344,6 +361,8 @@ class MetricsTracker(CallbackHooks):
                 return
             record.samples, record.empty_batches = st.samples, st.empty_batches
             record.results = self._finish_epoch(st, record, collectives)
+            if self._progress:
+                self._show().epoch_ended(stage, record.results)
         except BaseException:
             st.end_epoch(completed=False)
             raise
