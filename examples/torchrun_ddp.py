@@ -92,6 +92,7 @@ def main() -> None:
     if rank == 0:
         print(f"logs written under {os.path.abspath(args.out)}", flush=True)
     if distributed:
+        dist.barrier()  # leave together: no rank tears the group down under another
         dist.destroy_process_group()
 
 

@@ -36,6 +36,7 @@ def _entry(rank: int, worker: Callable[..., Any], out_dir: str, port: int, world
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
     try:
         result = worker(rank, world_size, *args)
+        dist.barrier()  # leave together: no rank tears the group down under another
     finally:
         dist.destroy_process_group()
     with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
