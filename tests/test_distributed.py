@@ -82,9 +82,35 @@ def sampler_worker(rank, world):
     return out
 
 
+def ssl_tracker() -> MetricsTracker:
+    from fabricmetrics.metrics import Alignment, ContrastiveAccuracy, EffectiveRank, Uniformity
+
+    return MetricsTracker(
+        {
+            "align": Alignment(),
+            "unif": Uniformity(chunk_size=7),
+            "cacc": ContrastiveAccuracy(topk=2),
+            "rank": EffectiveRank(num_features=C),
+        },
+        needs={"unif": ["z1"], "rank": ["z1"]},
+    )
+
+
+def ssl_outputs(indices):
+    logits = dataset().tensors[0][indices]
+    return {"z1": logits, "z2": logits + 0.3 * torch.cos(logits * 7)}
+
+
 def uneven_worker(rank, world):
     ds = dataset()
     out = {}
+    for split in (13, N):  # SSL metric classes (cat and sum states), incl. a rank without samples
+        tracker = ssl_tracker()
+        mine = list(range(split)) if rank == 0 else list(range(split, N))
+        with tracker.epoch("val") as epoch:
+            for i in range(0, len(mine), 5):
+                tracker.step("val", ssl_outputs(mine[i : i + 5]))
+        out[split, "ssl"] = epoch.results
     for split in (13, N):  # uneven batch counts; a rank with no batches at all
         mine = range(split) if rank == 0 else range(split, N)
         batches = [ds[list(mine)[i : i + 5]] for i in range(0, len(mine), 5)]
@@ -208,6 +234,13 @@ def test_distributed_sampler_padding_is_removed(tmp_path):
 
 def test_uneven_ranks_equal_one_process(tmp_path):
     out = run_on_ranks(uneven_worker, tmp_path)
+    single = ssl_tracker()
+    with single.epoch("val") as expected:
+        single.step("val", ssl_outputs(list(range(N))))
+    for split in (13, N):
+        assert out[0][split, "ssl"] == out[1][split, "ssl"]
+        for key, value in expected.results.items():
+            assert out[0][split, "ssl"][key] == pytest.approx(value, rel=1e-9), (split, key)
     for split in (13, N):
         for stage in ("val", "train"):
             results, samples = out[0][split, stage]
