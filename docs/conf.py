@@ -1,0 +1,58 @@
+"""Sphinx configuration of the fabricmetrics documentation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import fabricmetrics  # noqa: E402
+
+project = "fabricmetrics"
+author = "fabricmetrics developers"
+copyright = "2026, fabricmetrics developers"  # noqa: A001
+release = fabricmetrics.__version__
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+    "sphinx_gallery.gen_gallery",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "auto_examples/*.zip"]
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+autodoc_default_options = {"show-inheritance": True, "exclude-members": "set_fit_request, set_score_request, set_predict_request, set_predict_proba_request, set_partial_fit_request, set_output"}
+autodoc_typehints = "description"
+autodoc_member_order = "bysource"
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+autosummary_generate = False
+
+html_theme = "furo"
+html_title = "fabricmetrics"
+html_static_path = ["_static"]
+
+# The gallery runs every examples/plot_*.py and keeps its figures. With FABRICMETRICS_EXAMPLE_QUICK=1
+# (CI) the examples use tiny settings.
+sphinx_gallery_conf = {
+    "examples_dirs": str(ROOT / "examples"),
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "ignore_pattern": r"(fabric_ddp|torchrun_ddp|plain_pytorch)\.py",
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "matplotlib_animations": False,
+    "within_subsection_order": "FileNameSortKey",
+}
+os.environ.setdefault("FABRICMETRICS_EXAMPLE_OUT", str(ROOT / "docs" / "_build" / "example_runs"))
+
+nitpicky = False
+suppress_warnings = ["myst.header", "config.cache"]
