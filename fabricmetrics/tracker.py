@@ -422,16 +422,22 @@ class MetricsTracker(CallbackHooks):
         for probe in self._probes:
             results = probe.maybe_run(epoch, collectives)
             if results:
-                self._publish(results)
+                self._publish(results, check_finite=False)
 
-    def _publish(self, values: dict[str, float], step: int | None = None) -> None:
-        """Record ``values`` in the history and send them to every logger (rank 0 only)."""
+    def _publish(self, values: dict[str, float], step: int | None = None, *, check_finite: bool = True) -> None:
+        """Record ``values`` in the history and send them to every logger (rank 0 only).
+
+        Non-finite values are logged as they are, with one warning naming the keys that are
+        non-finite for the first time (probes warn about their own NaN scores: ``check_finite=False``).
+        """
         if not values or not self._collectives().is_main:
             return
         step = self.global_step if step is None else step
-        for key, value in values.items():
-            if not math.isfinite(value):
-                self._warn_once(f"nan:{key}", f"`{key}` is {value} at step {step}; it is logged as is.")
+        if check_finite:
+            new = [f"`{k}` = {v}" for k, v in values.items() if not math.isfinite(v) and f"nan:{k}" not in self._warned]
+            self._warned.update(f"nan:{k}" for k, v in values.items() if not math.isfinite(v))
+            if new:
+                warn(f"Non-finite values at step {step}, logged as they are: {', '.join(new)}.")
         self.history.record(values, step)
         for logger in self.loggers:
             try:

@@ -337,7 +337,12 @@ def test_non_scalar_results_are_errors():
 
 def test_non_finite_values_are_logged_with_one_warning():
     tracker = MetricsTracker({"m": lambda x: x.mean()}, schedule={"val": Schedule(every_n_steps=1)})
-    with pytest.warns(RuntimeWarning, match=r"`m/val_step` is nan") as record, tracker.epoch("val"):
+    with (
+        pytest.warns(
+            RuntimeWarning, match=r"Non-finite values at step 0, logged as they are: `m/val_step` = nan"
+        ) as record,
+        tracker.epoch("val"),
+    ):
         for _ in range(3):
             tracker.step("val", {"x": torch.tensor([math.nan])})
     assert sum("m/val_step" in str(w.message) for w in record) == 1
