@@ -321,24 +321,6 @@ class Stage:
             for leader in synced:
                 leader.unsync()
         return flat, errors
-        per_step = self._reduce_per_step(collectives, metas)
-        gathered = self._gather_exact(collectives, metas)
-        for name, bound in self.bounds.items():
-            try:
-                if isinstance(bound, PerStepBound):
-                    flat.update(per_step.get(name, {}))
-                elif isinstance(bound, TorchmetricBound):
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
-                        flat.update(flatten_value(name, bound.compute(collectives)))
-                elif isinstance(bound, ExactBound) and gathered is not None:
-                    data, calls = gathered
-                    pos, kws = calls[name]
-                    value = bound.compute([data[j] for j in pos], {k: data[j] for k, j in kws})
-                    flat.update(flatten_value(name, value))
-            except Exception as err:
-                errors[name] = err
-        return flat, errors
 
     def _reduce_per_step(self, collectives: Collectives, metas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """One all-reduce of (weighted sums, counts) for every per-step metric; flat values by metric."""

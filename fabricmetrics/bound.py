@@ -219,8 +219,8 @@ class TorchmetricBound(Bound):
         self.metric._computed = None
 
 
-class PerStepBound(Bound):
-    """A callable computed on every batch; the epoch value is the batch-size-weighted mean."""
+class _CallableBound(Bound):
+    """A plain callable (scikit-learn function or any other); scikit-learn ones receive NumPy arrays."""
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         """Bind ``fn``.
@@ -232,13 +232,25 @@ class PerStepBound(Bound):
         self.name = name
         self.fn = fn
         self.numpy_args = wants_numpy(fn)
+
+    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Apply the callable to one batch (without autograd)."""
+        if self.numpy_args:
+            args = [to_numpy(a) for a in args]
+            kwargs = {k: to_numpy(v) for k, v in kwargs.items()}
+        with torch.no_grad():
+            return self.fn(*args, **kwargs)
+
+
+class PerStepBound(_CallableBound):
+    """A callable computed on every batch; the epoch value is the batch-size-weighted mean."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        """Bind ``fn`` with an empty weighted sum."""
+        super().__init__(name, fn)
         self.keys: list[str] | None = None
         self.total: Any = None
         self.count = 0
-
-    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Apply the callable to one batch."""
-        return _apply(self.fn, self.numpy_args, args, kwargs)
 
     def accumulate(self, value: Any, batch_size: int) -> None:
         """Add ``batch_size * value`` to the weighted sum (on the value's device, no sync)."""
@@ -269,23 +281,8 @@ class PerStepBound(Bound):
         self.count, self.keys = int(state["count"]), state["keys"]
 
 
-class ExactBound(Bound):
+class ExactBound(_CallableBound):
     """A callable computed once on the arguments collected over the whole epoch."""
-
-    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
-        """Bind ``fn``.
-
-        Args:
-            name: the metric's name.
-            fn: the metric callable.
-        """
-        self.name = name
-        self.fn = fn
-        self.numpy_args = wants_numpy(fn)
-
-    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Apply the callable to one batch (for step-level logging)."""
-        return _apply(self.fn, self.numpy_args, args, kwargs)
 
     def compute(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Apply the callable to the epoch's arguments (gathered over ranks)."""
@@ -294,14 +291,6 @@ class ExactBound(Bound):
 
 def _always() -> bool:
     return True
-
-
-def _apply(fn: Callable[..., Any], numpy_args: bool, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    if numpy_args:
-        args = [to_numpy(a) for a in args]
-        kwargs = {k: to_numpy(v) for k, v in kwargs.items()}
-    with torch.no_grad():
-        return fn(*args, **kwargs)
 
 
 def _as_vector(name: str, value: Any, keys: list[str] | None) -> tuple[Any, list[str]]:
