@@ -91,11 +91,16 @@ def _add_plot(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_plot)
 
 
-def _plot(args: argparse.Namespace) -> int:
+def _draw_into_files() -> None:
+    """A command draws into files, never on a screen (unless pyplot was set up already)."""
     import matplotlib
 
     if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")  # a command draws into a file, never on a screen
+        matplotlib.use("Agg")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    _draw_into_files()
     import matplotlib.pyplot as plt
 
     from fabricmetrics.history import History
@@ -121,24 +126,21 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
             "Train a small CNN on scikit-learn's digits (accuracy, F1, precision, recall), then a "
             "SimCLR-style encoder (alignment, uniformity, contrastive accuracy, and a linear probe every "
             "epoch). Writes TensorBoard and CSV logs and PNGs of the curves under --out. Offline, CPU, "
-            "about a minute."
+            "well under a minute."
         ),
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of each part (default: 6)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of each part (default: 10)")
     parser.set_defaults(run=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    from fabricmetrics.demo import main as demo_main
-
     if args.epochs < 1:
         print("fabricmetrics demo: error: --epochs must be at least 1", file=sys.stderr)
         return _USAGE_ERROR
+    _draw_into_files()
+    from fabricmetrics.demo import main as demo_main
+
     return demo_main(args.out, epochs=args.epochs)
 
 
