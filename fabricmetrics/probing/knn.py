@@ -1,0 +1,222 @@
+"""k-nearest-neighbour probe in torch: cosine similarity and temperature-weighted votes.
+
+The rule of the kNN evaluation of InstDisc (Wu et al., 2018) and DINO (Caron et al., 2021): the
+``k`` training embeddings most cosine-similar to a query vote for their class with weight
+``exp(similarity / temperature)``; scikit-learn's rule (Euclidean distance, equal votes) is an
+option. Neighbours are exact: queries are processed in chunks whose similarity block against the
+bank stays under a memory budget, with one matrix product and one ``torch.topk`` per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from fabricmetrics.distributed import Collectives
+from fabricmetrics.exceptions import ConfigurationError, InputError
+from fabricmetrics.probing._torch_utils import (
+    DTypeName,
+    accuracy,
+    pick_collectives,
+    prepare_fit,
+    prepare_queries,
+    to_numpy,
+)
+
+__all__ = ["KNNProbe"]
+
+
+class KNNProbe(ClassifierMixin, BaseEstimator):
+    """Weighted kNN classifier on cosine similarity, exact and memory-bounded, in torch.
+
+    ``fit`` stores the L2-normalised training embeddings (the *bank*); a query's class scores are
+    ``votes[c] = sum over its k most similar bank rows of class c of exp((s - s_max) / temperature)``
+    (the shift by the query's top similarity ``s_max`` changes no ratio and keeps ``exp`` finite).
+    ``predict_proba`` returns the votes normalised to sum to one, ``predict`` the label with the
+    most votes (the first in ``classes_`` on a tie). Inputs: NumPy (computed on the CPU) or tensors
+    (on their device); outputs are NumPy.
+
+    Args:
+        k: number of neighbours.
+        temperature: softness of the vote weights (``> 0``); small values approach a vote by the
+            nearest neighbour, large values an unweighted vote; ``None`` gives every neighbour one
+            vote.
+        metric: ``"cosine"`` (DINO's rule) or ``"euclidean"``: neighbours by Euclidean distance
+            ``d``, weights ``exp(-(d**2 - d_min**2) / temperature)``. With ``temperature=None`` it
+            is ``KNeighborsClassifier``'s rule.
+        memory_budget_mb: most MiB of one ``(query chunk, bank)`` similarity block.
+        dtype: computation dtype.
+        sharded: the bank stays split across ranks. ``fit``, ``predict``, ``predict_proba`` and
+            ``score`` are collective calls, each rank passing its own shard; each rank finds the
+            top ``k`` of every rank's queries in its bank shard, the ``(queries, k)`` candidates
+            are gathered and merged, which gives exactly the single-process neighbours. ``predict``
+            returns the predictions of this rank's queries.
+
+    Attributes:
+        classes_: sorted labels seen in ``fit`` (the union over ranks when sharded).
+        n_features_in_: number of features.
+        n_samples_fit_: bank size (over all ranks).
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 300)
+        >>> X = rng.normal(size=(300, 8)) + 2.0 * np.eye(3, 8)[y]
+        >>> probe = KNNProbe(k=10).fit(X[:200], y[:200])
+        >>> probe.predict(X[:5]).tolist(), y[:5].tolist()
+        ([2, 1, 1, 0, 0], [2, 1, 1, 0, 0])
+        >>> probe.predict_proba(X[:1]).round(2).tolist()
+        [[0.0, 0.0, 1.0]]
+    """
+
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float | None = 0.07,
+        *,
+        metric: Literal["cosine", "euclidean"] = "cosine",
+        memory_budget_mb: float = 256.0,
+        dtype: DTypeName = "float32",
+        sharded: bool = False,
+    ) -> None:
+        self.k = k
+        self.temperature = temperature
+        self.metric = metric
+        self.memory_budget_mb = memory_budget_mb
+        self.dtype = dtype
+        self.sharded = sharded
+
+    def fit(self, X: Any, y: Any, *, collectives: Collectives | None = None) -> KNNProbe:
+        """Store the normalised bank ``X`` and its labels ``y``.
+
+        Args:
+            X: ``(n_samples, n_features)`` array or tensor; this rank's shard when ``sharded``.
+            y: ``(n_samples,)`` labels (any hashable, sortable values).
+            collectives: what ranks communicate through when ``sharded`` (default: the initialised
+                ``torch.distributed`` group, if any); ignored otherwise.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ConfigurationError: ``k``, ``temperature``, ``metric`` or ``memory_budget_mb`` out of range.
+            InputError: bad shapes, non-finite features, fewer samples than ``k``.
+        """
+        if (
+            not (isinstance(self.k, int) and self.k > 0)
+            or not (self.temperature is None or self.temperature > 0)
+            or self.metric not in ("cosine", "euclidean")
+            or not self.memory_budget_mb > 0
+        ):
+            raise ConfigurationError(
+                "KNNProbe expects a positive integer k, temperature > 0 or None, metric 'cosine' or "
+                f"'euclidean' and memory_budget_mb > 0, got k={self.k!r}, temperature={self.temperature!r}, "
+                f"metric={self.metric!r}, memory_budget_mb={self.memory_budget_mb!r}."
+            )
+        data = prepare_fit(
+            X, y, dtype=self.dtype, where="KNNProbe.fit", task="classification",
+            sharded=self.sharded, collectives=collectives,
+        )  # fmt: skip
+        assert data.classes is not None
+        if data.n_total < self.k:
+            raise InputError(
+                f"KNNProbe.fit got {data.n_total} samples, fewer than k={self.k} neighbours. "
+                "HINT: lower k or probe on more samples."
+            )
+        bank = self._embed(data.X, data.collectives, "KNNProbe.fit", bank=True)
+        self._bank, self._codes, self._largest_shard = bank, data.target, max(data.shard_sizes)
+        self.classes_ = data.classes
+        self.n_features_in_ = data.X.shape[1]
+        self.n_samples_fit_ = data.n_total
+        return self
+
+    def predict_proba(self, X: Any, *, collectives: Collectives | None = None) -> np.ndarray:
+        """Normalised votes, ``(n_samples, n_classes)``, columns in the order of ``classes_``."""
+        votes = self._votes(X, collectives, "KNNProbe.predict_proba")
+        return to_numpy(votes / votes.sum(dim=1, keepdim=True))
+
+    def predict(self, X: Any, *, collectives: Collectives | None = None) -> np.ndarray:
+        """Label with the most votes for each query (this rank's queries when sharded)."""
+        best = to_numpy(self._votes(X, collectives, "KNNProbe.predict").argmax(dim=1))
+        return self.classes_[best]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None, *, collectives: Collectives | None = None) -> float:
+        """Accuracy on ``(X, y)``; over all ranks' shards when ``sharded``."""
+        coll = pick_collectives(self.sharded, collectives)
+        return accuracy(y, self.predict(X, collectives=coll), sample_weight, coll)
+
+    def _votes(self, X: Any, collectives: Collectives | None, where: str) -> torch.Tensor:
+        check_is_fitted(self)
+        coll = pick_collectives(self.sharded, collectives)
+        queries = self._embed(prepare_queries(X, self.dtype, where, self.n_features_in_, coll), coll, where)
+        bank, codes = self._bank.to(queries.device), self._codes.to(queries.device)
+        votes = torch.zeros(queries.shape[0], len(self.classes_), dtype=queries.dtype, device=queries.device)
+        budget_rows = int(self.memory_budget_mb * 2**20) // (max(self._largest_shard, 1) * queries.element_size())
+        if coll.world_size == 1:
+            chunk = max(1, min(budget_rows, queries.shape[0]))
+            block = queries.new_empty(chunk, bank.shape[0])  # reused: no fresh pages for every chunk
+            for start in range(0, queries.shape[0], chunk):
+                sims, labels = _local_topk(queries[start : start + chunk], bank, codes, self.k, block)
+                votes[start : start + chunk] = self._vote(sims, labels, votes.shape[1])
+            return votes
+        # Sharded: in each round every rank contributes up to `chunk` queries; all of them are
+        # matched against every bank shard, and each rank merges the candidates of its own queries.
+        chunk = max(1, budget_rows // coll.world_size)
+        n_rounds = math.ceil(max(coll.all_gather_object(queries.shape[0])) / chunk)
+        block = queries.new_empty(chunk * coll.world_size, bank.shape[0])
+        for start in range(0, n_rounds * chunk, chunk):
+            blocks = coll.all_gather_list(queries[start : start + chunk])
+            sims, labels = _local_topk(torch.cat(blocks), bank, codes, self.k, block)
+            offset, mine = sum(len(b) for b in blocks[: coll.rank]), len(blocks[coll.rank])
+            cand_sims = torch.cat([s[offset : offset + mine] for s in coll.all_gather_list(sims)], dim=1)
+            cand_labels = torch.cat([c[offset : offset + mine] for c in coll.all_gather_list(labels)], dim=1)
+            top, where_ = cand_sims.topk(self.k, dim=1)
+            votes[start : start + mine] = self._vote(top, cand_labels.gather(1, where_), votes.shape[1])
+        return votes
+
+    def _embed(self, X: torch.Tensor, coll: Collectives, where: str, *, bank: bool = False) -> torch.Tensor:
+        """Rows ready for one matrix product whose largest entries are the nearest neighbours.
+
+        Cosine: rows divided by their L2 norm (zero rows stay zero). Euclidean: ``[x, -|x|**2 / 2]``
+        for the bank and ``[q, 1]`` for queries, whose product ``q.x - |x|**2 / 2`` is
+        ``(|q|**2 - d**2) / 2``. Non-finite rows raise on every rank.
+        """
+        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
+        bad = int(coll.all_reduce_sum((~torch.isfinite(norms)).sum().reshape(1)).item())
+        if bad:
+            raise InputError(f"{where}: {bad} rows of the features contain NaN or infinity.")
+        if self.metric == "cosine":
+            return X / norms.clamp_min(torch.finfo(X.dtype).tiny)
+        return torch.cat([X, -0.5 * norms.square() if bank else torch.ones_like(norms)], dim=1)
+
+    def _vote(self, sims: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """Per-class sums of the neighbours' weights (``-inf`` padding weighs nothing)."""
+        if self.temperature is None:
+            weights = torch.isfinite(sims).to(sims.dtype)
+        else:  # the exponent is -(d**2 - d_min**2) / T for Euclidean, (s - s_max) / T for cosine
+            exponent = (sims - sims[:, :1]) * (2.0 if self.metric == "euclidean" else 1.0)
+            weights = torch.exp(exponent / self.temperature)
+        return sims.new_zeros(sims.shape[0], n_classes).scatter_add_(1, labels, weights)
+
+
+def _local_topk(
+    queries: torch.Tensor, bank: torch.Tensor, codes: torch.Tensor, k: int, block: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest similarities of each query in ``bank`` and their class codes, sorted.
+
+    ``block`` holds the similarities (its first ``len(queries)`` rows are overwritten). A bank
+    (shard) with fewer than ``k`` rows is padded with ``-inf`` similarities, which weigh 0.
+    """
+    sims_all = torch.mm(queries, bank.t(), out=block[: queries.shape[0]])
+    sims, index = sims_all.topk(min(k, bank.shape[0]), dim=1)
+    labels = codes[index]
+    if sims.shape[1] < k:
+        pad = (queries.shape[0], k - sims.shape[1])
+        sims = torch.cat([sims, sims.new_full(pad, -math.inf)], dim=1)
+        labels = torch.cat([labels, labels.new_zeros(pad)], dim=1)
+    return sims, labels
