@@ -53,7 +53,8 @@ def worker(rank: int, world: int, port: int, repeats: int, queue: mp.Queue) -> N
     uneven = torch.randn(TOTAL // world + (100 if rank == 0 else -100), D, generator=g)
     exact = MetricsTracker({"mean_norm": mean_norm}, schedule={"val": Schedule()})
     per_step = MetricsTracker({"mean_norm": mean_norm}, schedule={"val": Schedule(per_step=True)})
-    times: dict[str, list[float]] = {k: [] for k in ("exact, even", "exact, uneven", "per-step only", "floor", "compute")}
+    names = ("exact, even", "exact, uneven", "per-step only", "floor", "compute")
+    times: dict[str, list[float]] = {k: [] for k in names}
     whole = torch.randn(TOTAL, D, generator=g)
     for i in range(repeats + 1):
         t = {

@@ -13,7 +13,7 @@ import fabricmetrics  # noqa: E402
 
 project = "fabricmetrics"
 author = "fabricmetrics developers"
-copyright = "2026, fabricmetrics developers"  # noqa: A001
+copyright = "2026, fabricmetrics developers"
 release = fabricmetrics.__version__
 
 extensions = [
@@ -29,7 +29,9 @@ exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py", "au
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
-autodoc_default_options = {"show-inheritance": True, "exclude-members": "set_fit_request, set_score_request, set_predict_request, set_predict_proba_request, set_partial_fit_request, set_output"}
+# scikit-learn's metadata-routing setters are not ours to document.
+_SKLEARN_SETTERS = "set_fit_request, set_score_request, set_predict_request, set_predict_proba_request, set_output"
+autodoc_default_options = {"show-inheritance": True, "exclude-members": _SKLEARN_SETTERS}
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True

@@ -110,3 +110,18 @@ def test_usage_errors_and_help(capsys):
 def test_console_script_entry_point():
     (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "fabricmetrics"]
     assert entry.value == "fabricmetrics.cli:main"
+
+
+def test_demo_writes_logs_and_plots(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for part in ("supervised", "ssl"):
+        assert (tmp_path / "demo" / f"{part}.png").stat().st_size > 10_000
+        assert (tmp_path / "demo" / part / "version_0" / "metrics.csv").exists()
+    assert "LogisticRegression/accuracy" in printed and "tensorboard --logdir" in printed
+
+
+def test_demo_rejects_zero_epochs(capsys):
+    assert main(["demo", "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
