@@ -84,6 +84,9 @@ def run(fabric: Fabric, args: argparse.Namespace) -> None:
         f"one process, whole set: acc={(pred == y).float().mean():.4f}, "
         f"f1_weighted={f1_score(y, pred, average='weighted'):.4f} (the tracker's values above are the same)"
     )
+    if torch.distributed.is_initialized():  # leave together and close the process group cleanly
+        fabric.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _argmax(outputs: dict[str, torch.Tensor], key: str) -> torch.Tensor:

@@ -297,6 +297,8 @@ def fabric_worker(fabric, out_dir):
                         step_checks.append((logged["mean_logit/train_step"], logits))
             results[stage] = epoch.results
     save_rank_result(out_dir, fabric.global_rank, (results, step_checks, dict(tracker.history)))
+    fabric.barrier()  # leave together, and tear the group down before the interpreter does
+    dist.destroy_process_group()
 
 
 def test_fabric_ddp_spawn_equals_one_process(tmp_path, monkeypatch):

@@ -49,6 +49,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         start, stop = SHARDS[rank]
         values = _feed(_metrics(), z1[start:stop], z2[start:stop])
         torch.save(values, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # leave together: no rank tears the group down under another
     finally:
         dist.destroy_process_group()
 

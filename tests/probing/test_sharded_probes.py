@@ -49,6 +49,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         results = _sharded_results(rank)
         results["errors"] = _sharded_errors(rank)
         Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(results))
+        dist.barrier()  # leave together: no rank tears the group down under another
     finally:
         dist.destroy_process_group()
 
