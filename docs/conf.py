@@ -40,7 +40,6 @@ autosummary_generate = False
 
 html_theme = "furo"
 html_title = "fabricmetrics"
-html_static_path = ["_static"]
 
 # The gallery runs every examples/plot_*.py and keeps its figures. With FABRICMETRICS_EXAMPLE_QUICK=1
 # (CI) the examples use tiny settings.
