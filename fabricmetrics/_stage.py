@@ -99,13 +99,16 @@ class Stage:
         """Feed one step's outputs to every metric; return the step-level values if ``log_step``."""
         if self._calls is None:
             self._resolve(outputs)
-        if not (log_step or self.accumulating):
+        padded = self.valid is not None and self.open
+        if not (log_step or self.accumulating or padded):
             return {}
         values = self._extract(outputs)
         n = batch_size if batch_size is not None else _batch_size(values)
         self._check_devices(values)
-        if self.valid is not None and self.open:
+        if padded:  # count every step's samples, so that the padding is found on any later step
             values, n = self._drop_padding(values, n)
+            if not (log_step or self.accumulating):
+                return {}
         if n == 0:
             self.empty_batches += 1
             return {}

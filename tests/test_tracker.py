@@ -502,3 +502,15 @@ def test_probe_key_collisions_are_errors_when_the_tracker_is_built():
         MetricsTracker({"acc": accuracy_score}, probes=[_FakeProbe(["acc/val"])])
     with pytest.raises(ConfigurationError, match=r"probes\[0\] is a str; probes are ProbingScheduler objects"):
         MetricsTracker({"acc": accuracy_score}, probes=["knn"])
+
+
+def test_padding_is_found_on_a_logging_step_of_an_epoch_that_does_not_compute():
+    # every_n_epochs=2: epoch 1 computes nothing, but its step values must still skip the padding
+    tracker = MetricsTracker(
+        {"m": lambda x: x.mean()}, schedule={"val": Schedule(every_n_steps=3, every_n_epochs=2, per_step=True)}
+    )
+    x = torch.arange(6.0)
+    with tracker.epoch("val", num_samples=5):
+        logged = [tracker.step("val", {"x": x[i : i + 2]}) for i in (0, 2, 4)]
+    assert logged[:2] == [{}, {}]
+    assert logged[2] == {"m/val_step": 4.0}  # x[5] is the sampler's padding
