@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lightning_fabric import Fabric
 
 __all__ = [
+    "DEFAULT_GATHER_BUDGET_MB",
     "Collectives",
     "FabricCollectives",
     "LocalCollectives",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 _MAX_DIMS = 8
+#: MiB that one round of :meth:`Collectives.gather_cat_to_main` moves, all ranks together.
+DEFAULT_GATHER_BUDGET_MB = 64.0
 _DTYPES = [
     torch.float32,
     torch.float64,
@@ -166,6 +169,70 @@ class Collectives(ABC):
             return tensor
         shapes = None if counts is None else [(n, *tensor.shape[1:]) for n in counts]
         return torch.cat(self.all_gather_list(tensor, shapes), dim=0)
+
+    def gather_cat_to_main(
+        self,
+        tensor: torch.Tensor,
+        counts: list[int],
+        *,
+        index: torch.Tensor | None = None,
+        budget_mb: float | None = None,
+    ) -> torch.Tensor | None:
+        """Give rank 0 the concatenation of every rank's rows, in bounded memory on every rank.
+
+        The rows travel in rounds: in each round every rank sends its next block of rows, at most
+        ``budget_mb`` MiB over all ranks together, rank 0 copies the blocks into its result and the
+        other ranks drop them. So a rank other than rank 0 never holds more than its own rows plus
+        one round, on the host or on the communication device (a GPU under NCCL), whatever the
+        size of the whole set; rank 0 holds the result plus one round. Every rank makes the same
+        calls: the rounds follow from ``counts`` alone.
+
+        Args:
+            tensor: this rank's rows, ``(counts[rank], ...)``; trailing dimensions and dtype are the
+                same on every rank.
+            counts: every rank's number of rows (the same list on every rank).
+            index: optional ``(sum(counts),)`` permutation known on rank 0: row ``j`` of the
+                rank-order concatenation is written to row ``index[j]`` of the result (to restore a
+                sampler's order without a second copy of the set). Ignored on other ranks.
+            budget_mb: most MiB one round moves (all ranks together; at least one row per rank);
+                default :data:`DEFAULT_GATHER_BUDGET_MB`.
+
+        Returns:
+            On rank 0, the ``(sum(counts), ...)`` result on ``tensor.device``; ``None`` elsewhere.
+
+        Example:
+            >>> LocalCollectives().gather_cat_to_main(torch.arange(3), [3]).tolist()
+            [0, 1, 2]
+        """
+        if len(counts) != self.world_size or counts[self.rank] != tensor.shape[0]:
+            raise ValueError(
+                f"gather_cat_to_main: counts={counts} do not fit world size {self.world_size} and this rank's "
+                f"{tensor.shape[0]} rows."
+            )
+        trailing = tuple(tensor.shape[1:])
+        out = None
+        if self.is_main:
+            out = tensor.new_empty((sum(counts), *trailing))
+            if self.world_size == 1 and index is None:
+                return tensor
+        row_bytes = max(1, math.prod(trailing)) * tensor.element_size()
+        budget_mb = DEFAULT_GATHER_BUDGET_MB if budget_mb is None else budget_mb
+        if not budget_mb > 0:
+            raise ValueError(f"gather_cat_to_main: budget_mb must be positive, got {budget_mb!r}.")
+        rows = max(1, int(budget_mb * 2**20) // (row_bytes * self.world_size))
+        offsets = [sum(counts[:r]) for r in range(self.world_size)]
+        for start in range(0, max(counts), rows):
+            shapes = [(max(0, min(rows, n - start)), *trailing) for n in counts]
+            blocks = self.all_gather_list(tensor[start : start + rows], shapes)
+            if out is None:
+                continue
+            for offset, block in zip(offsets, blocks, strict=True):
+                where = slice(offset + start, offset + start + block.shape[0])
+                if index is None:
+                    out[where] = block
+                else:
+                    out[index[where]] = block
+        return out
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Gather a small picklable object from every rank.

@@ -112,8 +112,10 @@ def gather_to_main(
     """Give rank 0 every rank's samples, padding-free and in the sampler's order.
 
     With one process, or when every rank iterated the whole data set, rank 0 keeps its own samples
-    and nothing is communicated. Otherwise positions, targets and the embeddings of ``sources`` are
-    gathered (uneven sizes), and a ``DistributedSampler``'s order is restored from the positions.
+    and nothing is communicated. Otherwise positions, targets and the embeddings of ``sources`` go
+    to rank 0 in rounds of bounded size (:meth:`~fabricmetrics.distributed.Collectives.gather_cat_to_main`),
+    so the other ranks never hold more than their own shard plus one round; rank 0 writes each row
+    straight to its place in a ``DistributedSampler``'s order.
 
     Returns:
         The data on rank 0, ``None`` on the other ranks.
@@ -121,19 +123,24 @@ def gather_to_main(
     if coll.world_size == 1 or layout.kind == "whole":
         return ProbeData(emb.features, emb.targets.numpy()) if coll.is_main else None
     counts, n = summary["counts"], len(emb)
-    positions = coll.all_gather_cat(torch.from_numpy(emb.positions), counts).numpy()
+    positions = coll.gather_cat_to_main(torch.from_numpy(emb.positions), counts)
+    order: Any = slice(None)
+    index = None
+    if positions is not None and layout.kind == "distributed":
+        order = np.argsort(positions.numpy(), kind="stable")
+        index = torch.empty(len(order), dtype=torch.int64)
+        index[torch.from_numpy(order)] = torch.arange(len(order))
     dtype = getattr(torch, summary["target_dtype"].split(".")[-1])
-    targets = coll.all_gather_cat(emb.targets.to(dtype).reshape(n, *summary["target_shape"]), counts).numpy()
+    targets = coll.gather_cat_to_main(emb.targets.to(dtype).reshape(n, *summary["target_shape"]), counts, index=index)
     features = {
-        source: coll.all_gather_cat(
-            torch.from_numpy(emb.features[source].reshape(n, summary["dims"][source])), counts
-        ).numpy()
+        source: coll.gather_cat_to_main(
+            torch.from_numpy(emb.features[source].reshape(n, summary["dims"][source])), counts, index=index
+        )
         for source in sources
     }
-    if not coll.is_main:
+    if targets is None:
         return None
-    order = np.argsort(positions, kind="stable") if layout.kind == "distributed" else slice(None)
-    return ProbeData({s: f[order] for s, f in features.items()}, targets[order], order)
+    return ProbeData({s: f.numpy() for s, f in features.items() if f is not None}, targets.numpy(), order)
 
 
 def local_part(

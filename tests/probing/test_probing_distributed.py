@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+from unittest.mock import patch
 
 import pytest
 import torch
+import torch.distributed as dist
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -14,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+import fabricmetrics.distributed as fm_distributed
 from fabricmetrics import MetricsTracker
 from fabricmetrics.probing import KNNProbe, LinearProbe
 from fabricmetrics.probing.scheduler import ProbingScheduler
@@ -116,10 +119,30 @@ def worker(rank: int, world: int) -> dict:
             lambda: ProbingScheduler(encoder(), tr, te, probe=[Ridge(), LogisticRegression()]).run()
         ),
     }
+    results["small rounds"] = small_rounds(rank, world)
     results["tracked"] = tracked_run(fabric_in_group(rank, world), train, test)
     # the process group still works after the failures: one more probing
     results["after errors"] = ProbingScheduler(encoder(), tr, te, probe=[LogisticRegression(C=0.1), Ridge()]).run()
     return results
+
+
+def small_rounds(rank: int, world: int) -> tuple[dict[str, float], list[tuple[int, int]]]:
+    """The "layers" probing with 1 KiB gather rounds, and the (width, rows) of every float32 block sent."""
+    train, test = datasets()
+    tr, te = sharded_loader(train, rank, world), sharded_loader(test, rank, world)
+    sent: list[tuple[int, int]] = []
+    original = dist.all_gather
+
+    def recording(out, tensor, *args, **kwargs):
+        if tensor.dtype == torch.float32 and tensor.dim() == 2:
+            sent.append((tensor.shape[1], tensor.shape[0]))
+        return original(out, tensor, *args, **kwargs)
+
+    multitask = [LogisticRegression(C=0.1), Ridge()]
+    small_budget = patch.object(fm_distributed, "DEFAULT_GATHER_BUDGET_MB", 1 / 1024)
+    with small_budget, patch.object(dist, "all_gather", recording):
+        results = ProbingScheduler(encoder(), tr, te, probe=multitask, layers=["fc1", "fc2"], prefix="p").run()
+    return results, sent
 
 
 def test_two_ranks_equal_one_rank_and_failures_reach_every_rank(tmp_path):
@@ -137,6 +160,17 @@ def test_two_ranks_equal_one_rank_and_failures_reach_every_rank(tmp_path):
     )  # chance: 0.1, 0.5
     assert math.isfinite(single["max_samples"]["task1/R2"])
 
+    # embeddings travel to rank 0 in rounds of the budget (1 KiB over 2 ranks: 5 rows of 24 floats,
+    # 10 of 12), not as whole shards of about 100 rows, and the scores do not change
+    for rank_results in ranks:
+        results, sent = rank_results["small rounds"]
+        assert results == pytest.approx(single["layers"], rel=1e-6, abs=1e-6)
+        embedded = [(width, rows) for width, rows in sent if width in (12, 24)]  # not the (n, 2) targets
+        assert all(rows <= 1024 // (2 * 4 * width) for width, rows in embedded), embedded
+        # every row travels once; each round is padded to the larger rank's block (101/100 train
+        # rows, 51/50 test rows)
+        assert sum(rows for width, rows in embedded if width == 12) == 101 + 51
+        assert sum(rows for width, rows in embedded if width == 24) == 101 + 51
     errors0, errors1 = ranks[0]["errors"], ranks[1]["errors"]
     assert errors0["fit on rank 0"] == ("ValueError", "probe exploded")
     assert errors1["fit on rank 0"][0] == "DistributedError"
