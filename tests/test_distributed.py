@@ -91,8 +91,9 @@ def ssl_tracker() -> MetricsTracker:
             "unif": Uniformity(chunk_size=7),
             "cacc": ContrastiveAccuracy(topk=2),
             "rank": EffectiveRank(num_features=C),
+            "rank_lazy": EffectiveRank(),  # d agreed at sync: works with a rank that saw nothing
         },
-        needs={"unif": ["z1"], "rank": ["z1"]},
+        needs={"unif": ["z1"], "rank": ["z1"], "rank_lazy": ["z1"]},
     )
 
 

@@ -14,11 +14,13 @@ Each class keeps the smallest state that makes its value exact across batches an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from fabricmetrics.exceptions import InputError
 from fabricmetrics.metrics.functional._backend import (
@@ -264,8 +266,8 @@ class EffectiveRank(Metric):
     Args:
         eps: added to each normalised singular value (RankMe's 1e-7); ``> 0``.
         num_features: ``d``, if known. Without it the state is a 0-d placeholder until the first
-            batch; give it when a rank may see no sample in an epoch, so that every rank holds a
-            ``d x d`` state to synchronise.
+            batch, and a synchronisation first exchanges every rank's ``d`` (one small collective),
+            so that a rank which saw no sample still takes part with a ``d x d`` zero state.
         **kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -309,6 +311,35 @@ class EffectiveRank(Metric):
         z64 = tz.detach().to(torch.float64)
         self.gram = self.gram + z64.T @ z64
         self.num_samples = self.num_samples + tz.shape[0]
+
+    def sync(
+        self,
+        dist_sync_fn: Callable[..., Any] | None = None,
+        process_group: Any = None,
+        should_sync: bool = True,
+        distributed_available: Callable[[], bool] | None = None,
+    ) -> None:
+        """:meth:`torchmetrics.Metric.sync`, after agreeing on ``d`` when ``num_features`` is unset.
+
+        Every rank sends its ``d`` (0 before its first batch); a rank still holding the 0-d
+        placeholder takes a ``d x d`` zero state, so every rank synchronises states of one shape.
+
+        Raises:
+            InputError: ranks saw different numbers of features (the same error on every rank).
+        """
+        available = self.distributed_available_fn if distributed_available is None else distributed_available
+        if self.num_features is None and should_sync and not self._is_synced and callable(available) and available():
+            gather = gather_all_tensors if dist_sync_fn is None else dist_sync_fn
+            local = torch.tensor(self.gram.shape[0] if self.gram.ndim == 2 else 0, device=self.gram.device)
+            dims = sorted({int(d) for d in gather(local, group=process_group)} - {0})
+            if len(dims) > 1:
+                raise InputError(
+                    f"EffectiveRank: the ranks saw embeddings of different widths {dims}. HINT: every rank "
+                    "must embed with the same model; call reset() between embeddings of different models."
+                )
+            if dims and self.gram.ndim != 2:
+                self.gram = self.gram.new_zeros(dims[0], dims[0])
+        super().sync(dist_sync_fn, process_group, should_sync, distributed_available)
 
     def compute(self) -> torch.Tensor:
         """Effective rank of every sample seen."""

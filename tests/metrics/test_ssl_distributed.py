@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fabricmetrics.metrics import Alignment, ContrastiveAccuracy, EffectiveRank, Uniformity
+from fabricmetrics.exceptions import InputError
+from fabricmetrics.metrics import Alignment, ContrastiveAccuracy, EffectiveRank, Uniformity, effective_rank
 
 N_SAMPLES = 37
 SHARDS = [(0, 13), (13, 37)]  # rank 0 gets 13 samples, rank 1 gets 24
@@ -48,6 +49,17 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         z1, z2 = _data()
         start, stop = SHARDS[rank]
         values = _feed(_metrics(), z1[start:stop], z2[start:stop])
+        # EffectiveRank without num_features: rank 0 sees nothing, then the ranks disagree on d
+        lazy = EffectiveRank()
+        if rank == 1:
+            lazy.update(z1)
+        values["rank, rank 0 empty"] = float(lazy.compute())
+        mismatched = EffectiveRank()
+        mismatched.update(z1[:, : 5 - rank])
+        try:
+            mismatched.compute()
+        except InputError as err:
+            values["mismatch"] = str(err)
         torch.save(values, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()  # leave together: no rank tears the group down under another
     finally:
@@ -67,8 +79,13 @@ def test_synced_metrics_equal_single_process(tmp_path: Path) -> None:
     z1, z2 = _data()
     # One process, every sample (batch boundaries differ from the ranks'; no metric depends on order).
     expected = _feed(_metrics(), z1, z2)
+    expected["rank, rank 0 empty"] = float(effective_rank(z1))
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got.pop("mismatch") == (
+            "EffectiveRank: the ranks saw embeddings of different widths [4, 5]. HINT: every rank must embed "
+            "with the same model; call reset() between embeddings of different models."
+        )
         assert got.keys() == expected.keys()
         for name, value in expected.items():
             assert got[name] == pytest.approx(value, rel=1e-12), (rank, name)
