@@ -105,12 +105,15 @@ class Stage:
         values = self._extract(outputs)
         n = batch_size if batch_size is not None else _batch_size(values)
         self._check_devices(values)
+        only_padding = False
         if padded:  # count every step's samples, so that the padding is found on any later step
+            only_padding = n > 0
             values, n = self._drop_padding(values, n)
             if not (log_step or self.accumulating):
                 return {}
         if n == 0:
-            self.empty_batches += 1
+            if not only_padding:  # a batch of the sampler's padding alone is not an empty batch
+                self.empty_batches += 1
             return {}
         accumulate = self.accumulating
         step_values: dict[str, Any] = {}
@@ -141,11 +144,18 @@ class Stage:
         if accumulate:
             self._collect(values, n)
             self.samples += n
+        if not self.open:  # outside an epoch nothing resets the state that forward() added to
+            for bound in self.bounds.values():
+                if isinstance(bound, TorchmetricBound):
+                    bound.reset()
         return step_values
 
     def _resolve(self, outputs: Mapping[str, Any]) -> None:
+        """Plan every metric's arguments from the first step's keys (all or nothing: an error keeps no plan)."""
         index: dict[Any, int] = {}
         calls: list[_Call] = []
+        sources: list[Source] = []
+        users: dict[int, tuple[str, str]] = {}
         for name, bound in self.bounds.items():
             plan = resolve_plan(name, self.specs[name], list(outputs.keys()))
             labelled = [(f"argument {i}", s) for i, s in enumerate(plan.positional)]
@@ -153,9 +163,9 @@ class Stage:
             ids = []
             for label, source in labelled:
                 if source not in index:
-                    index[source] = len(self._sources)
-                    self._sources.append(source)
-                    self._users[index[source]] = (name, label)
+                    index[source] = len(sources)
+                    sources.append(source)
+                    users[index[source]] = (name, label)
                 ids.append(index[source])
             n_pos = len(plan.positional)
             kws = tuple((k, ids[n_pos + j]) for j, (k, _) in enumerate(plan.keywords))
@@ -169,7 +179,7 @@ class Stage:
         self._exact = sorted(
             {i for b, pos, kws in calls if isinstance(b, ExactBound) for i in (*pos, *[i for _, i in kws])}
         )
-        self._calls = calls
+        self._sources, self._users, self._calls = sources, users, calls
 
     def _extract(self, outputs: Mapping[str, Any]) -> list[Any]:
         values = []
@@ -266,8 +276,16 @@ class Stage:
             layouts = [self._collector.layout(i) for i in self._exact]
             counts = [self._collector.count(i) for i in self._exact]
         per_step = {n: b.keys for n, b in self.bounds.items() if isinstance(b, PerStepBound)}
+        leaders = None
+        if self._calls is not None:
+            leaders = {
+                n: b.leader.name if b.leader is not None else None
+                for n, b in self.bounds.items()
+                if isinstance(b, TorchmetricBound)
+            }
         return {
             "samples": self.samples,
+            "leaders": leaders,
             "exact_calls": exact_calls,
             "layouts": layouts,
             "counts": counts if self._calls is not None else None,
@@ -292,6 +310,7 @@ class Stage:
             return flat, errors
         per_step = self._reduce_per_step(collectives, metas)
         gathered = self._gather_exact(collectives, metas)
+        self._agree_on_leaders(metas)
         synced = [b for b in self.bounds.values() if isinstance(b, TorchmetricBound) and b.leader is None]
         for leader in synced:
             try:
@@ -325,13 +344,40 @@ class Stage:
                 leader.unsync()
         return flat, errors
 
+    def _agree_on_leaders(self, metas: list[dict[str, Any]]) -> None:
+        """Take the shared-update leaders of the ranks that stepped, so every rank syncs the same metrics.
+
+        A rank that ran no step of this epoch's stage never planned its arguments, so it has no
+        leaders of its own; without this it would sync every torchmetric while the others sync only
+        the leaders, and the collectives would fall out of step.
+        """
+        plans = [(rank, m["leaders"]) for rank, m in enumerate(metas) if m["leaders"] is not None]
+        if not plans:
+            return
+        if any(plan != plans[0][1] for _, plan in plans):  # every rank sees the same metas: all raise alike
+            raise OutputsError(
+                f"Stage `{self.name}`: the ranks resolved the metrics' arguments differently (shared updates per "
+                f"rank: {plans}). HINT: return the same output keys from every rank's step."
+            )
+        for name, leader in plans[0][1].items():
+            bound = self.bounds[name]
+            assert isinstance(bound, TorchmetricBound)
+            bound.leader = None if leader is None else self.bounds[leader]  # type: ignore[assignment]
+
     def _reduce_per_step(self, collectives: Collectives, metas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """One all-reduce of (weighted sums, counts) for every per-step metric; flat values by metric."""
-        keys = {
-            n: next((m["per_step"][n] for m in metas if m["per_step"][n] is not None), None)
-            for n, b in self.bounds.items()
-            if isinstance(b, PerStepBound)
-        }
+        keys: dict[str, list[str] | None] = {}
+        for n, b in self.bounds.items():
+            if not isinstance(b, PerStepBound):
+                continue
+            seen = [(rank, m["per_step"][n]) for rank, m in enumerate(metas) if m["per_step"][n] is not None]
+            if len({tuple(k) for _, k in seen}) > 1:  # every rank sees the same metas: all raise alike
+                raise MetricError(
+                    f"Metric `{n}` of stage `{self.name}` returned values named differently on different ranks "
+                    f"(rank, names: {seen}); their means over ranks cannot be taken. HINT: return the same keys on "
+                    "every rank, e.g. one value per class of a fixed list of classes, not of the classes present."
+                )
+            keys[n] = seen[0][1] if seen else None
         live = [(self.bounds[n], k) for n, k in keys.items() if k is not None]
         if not live:
             return {}

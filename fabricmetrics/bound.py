@@ -112,7 +112,6 @@ class Bound:
 
     Attributes:
         name: the metric's name.
-        accumulates: whether epoch-level values come from state accumulated over steps.
     """
 
     name: str
@@ -261,8 +260,8 @@ class PerStepBound(_CallableBound):
         self.count += batch_size
 
     def reset(self) -> None:
-        """Forget the weighted sum."""
-        self.total, self.count = None, 0
+        """Forget the weighted sum and the value names (each epoch starts afresh)."""
+        self.total, self.count, self.keys = None, 0, None
 
     def state_dict(self) -> dict[str, Any]:
         """Weighted sum (as a float64 tensor), count and value keys."""
@@ -302,8 +301,19 @@ def _as_vector(name: str, value: Any, keys: list[str] | None) -> tuple[Any, list
         items = flatten_value(name, value)
         new_keys = [k for k, _ in items]
         scalars = [v for _, v in items]
-        if all(isinstance(v, torch.Tensor) for v in scalars):
-            vector = torch.stack([v.detach().reshape(()) for v in scalars])
+        tensors = [v for v in scalars if isinstance(v, torch.Tensor)]
+        if tensors and len({t.device for t in tensors}) == 1:  # numbers join the tensors on their device
+            # (a fill, not a copy): no host sync
+            device = tensors[0].device
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            vector = torch.stack(
+                [
+                    v.detach().reshape(()).to(dtype)
+                    if isinstance(v, torch.Tensor)
+                    else torch.full((), float(np.asarray(v)), dtype=dtype, device=device)
+                    for v in scalars
+                ]
+            )
         else:
             vector = np.asarray([float(np.asarray(to_numpy(v))) for v in scalars], dtype=np.float64)
     if isinstance(vector, torch.Tensor):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
+import torch
 from torchmetrics import Metric, MetricCollection
 
 from fabricmetrics.exceptions import ConfigurationError, NeedsError
@@ -318,7 +319,8 @@ def name_metrics(metrics: Any) -> dict[str, Any]:
         Name → metric, in order.
 
     Raises:
-        ConfigurationError: a name is empty, a metric is neither a torchmetrics metric nor a callable,
+        ConfigurationError: a name is empty, a metric is a class instead of an instance, a metric is
+            neither a torchmetrics metric nor a callable,
             or a ``MetricCollection`` sits inside a dict or list.
 
     Example:
@@ -350,6 +352,11 @@ def name_metrics(metrics: Any) -> dict[str, Any]:
             raise ConfigurationError(
                 f"Metric `{name}` is a MetricCollection inside a dict or list. HINT: pass its metrics directly, "
                 "e.g. MetricsTracker(dict(collection.items())), or pass the collection itself as `metrics`."
+            )
+        if isinstance(metric, type) and issubclass(metric, torch.nn.Module):
+            raise ConfigurationError(
+                f"Metric `{name}` is the class {metric.__name__}, not a metric object. HINT: construct it, "
+                f"e.g. {metric.__name__}(num_classes=10)."
             )
         if not isinstance(metric, Metric) and not callable(metric):
             raise ConfigurationError(

@@ -207,6 +207,39 @@ def failing_block_worker(rank, world):
     return outcome
 
 
+def silent_rank_worker(rank, world):
+    """Only rank 0 steps: metrics sharing one update still sync alike. Then per-step keys that differ."""
+    from torchmetrics.classification import MulticlassPrecision
+
+    ds = dataset()
+    out = {}
+    shared = MetricsTracker(
+        {"acc": MulticlassAccuracy(C), "f1": MulticlassF1Score(C), "prec": MulticlassPrecision(C)}
+    )  # macro averages: one update serves all three
+    with shared.epoch("val") as epoch:
+        if rank == 0:
+            logits, target, _ = ds[:]
+            shared.step("val", {"preds": logits, "target": target})
+    out["shared"] = epoch.results
+
+    def per_class(preds, target):  # names depend on the classes this rank's batch has
+        return {str(int(c)): (preds[target == c] == c).double().mean() for c in target.unique()}
+
+    per_step = MetricsTracker({"pc": per_class}, schedule={"val": Schedule(per_step=True)})
+    labels = torch.arange(6) % (2 if rank == 0 else 3)
+    try:
+        with per_step.epoch("val"):
+            per_step.step("val", {"preds": labels, "target": labels})
+        out["keys"] = None
+    except MetricError as err:
+        out["keys"] = str(err)
+    with per_step.epoch("val") as epoch:  # the group still works
+        labels = torch.arange(6) % 3
+        per_step.step("val", {"preds": labels, "target": labels})
+    out["after"] = epoch.results
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # tests
 
@@ -326,3 +359,22 @@ def test_fabric_ddp_spawn_equals_one_process(tmp_path, monkeypatch):
     assert history1 == {} and len(history0["mean_logit/train_step"]) == 3
     with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
         assert len(f.readlines()) == 1 + 3 + 2  # header, 3 step rows, val row, train row
+
+
+def test_a_rank_without_steps_and_per_step_keys_that_differ(tmp_path):
+    from sklearn.metrics import precision_score
+
+    out = run_on_ranks(silent_rank_worker, tmp_path)
+    logits, target, _ = dataset().tensors
+    pred = logits.argmax(1)
+    expected = {
+        "acc/val": float(np.mean([(pred[target == c] == c).double().mean() for c in range(C)])),  # macro recall
+        "f1/val": f1_score(target, pred, average="macro"),
+        "prec/val": precision_score(target, pred, average="macro"),
+    }
+    for rank in range(2):
+        assert out[rank]["shared"] == pytest.approx(expected, abs=1e-6)
+        assert "Metric `pc` of stage `val` returned values named differently on different ranks" in out[rank]["keys"]
+        assert "['pc_0', 'pc_1']" in out[rank]["keys"] and "['pc_0', 'pc_1', 'pc_2']" in out[rank]["keys"]
+        assert out[rank]["after"] == {"pc_0/val": 1.0, "pc_1/val": 1.0, "pc_2/val": 1.0}
+    assert out[0]["keys"] == out[1]["keys"]

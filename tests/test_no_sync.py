@@ -39,8 +39,9 @@ def make_tracker(compute_on_cpu: bool) -> MetricsTracker:
             "acc": MulticlassAccuracy(num_classes=4, validate_args=False),
             "f1": MulticlassF1Score(num_classes=4, validate_args=False),
             "align": alignment,
+            "stats": lambda preds: {"mean": preds.mean(), "classes": 4},  # a tensor and a number
         },
-        needs={"align": [lambda o: o["preds"], lambda o: o["preds"] * 0.5]},
+        needs={"align": [lambda o: o["preds"], lambda o: o["preds"] * 0.5], "stats": ["preds"]},
         compute_on_cpu=compute_on_cpu,
         schedule={"train": Schedule(every_n_steps=5, per_step=True), "val": Schedule(every_n_steps=None)},
     )
@@ -73,6 +74,8 @@ def test_logged_step_values_are_converted_in_one_batch(sync_calls):
         sync_calls.clear()
         logged = tracker.step("train", batches[4])
         calls = dict(sync_calls)
-    assert set(logged) == {"acc/train_step", "f1/train_step", "align/train_step"}
-    # one `.tolist()` for all three values, no `.item()` per value
+    assert set(logged) == {
+        "acc/train_step", "f1/train_step", "align/train_step", "stats_mean/train_step", "stats_classes/train_step"
+    }  # fmt: skip
+    # one `.tolist()` for all the tensor values, no `.item()` per value
     assert calls == {"tolist": 1}

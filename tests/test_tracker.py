@@ -14,7 +14,14 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fabricmetrics import MetricsTracker, Schedule
-from fabricmetrics.exceptions import ConfigurationError, MetricError, OutputsError, OutputsTypeError, StageError
+from fabricmetrics.exceptions import (
+    ConfigurationError,
+    MetricError,
+    NeedsError,
+    OutputsError,
+    OutputsTypeError,
+    StageError,
+)
 from tests.conftest import RecordingLogger, classification_batches
 
 SIZES = [7, 16, 3, 16, 9]
@@ -211,6 +218,18 @@ def test_bad_metrics_are_configuration_errors():
         MetricsTracker({"": accuracy_score})
     with pytest.raises(ConfigurationError, match=r"schedule\['val'\] must be a Schedule"):
         MetricsTracker(accuracy_score, schedule={"val": {"every_n_epochs": 1}})
+    with pytest.raises(ConfigurationError, match=r"is the class MulticlassAccuracy, not a metric object"):
+        MetricsTracker({"acc": MulticlassAccuracy})
+
+
+def test_a_first_step_that_fails_to_resolve_leaves_no_partial_plan():
+    tracker = MetricsTracker({"acc": MulticlassAccuracy(num_classes=3, average="micro"), "f1": macro_f1})
+    y = torch.tensor([0, 1, 2, 2])
+    with pytest.raises(NeedsError, match="several keys it could mean"):  # `f1`'s y_true: target or labels?
+        tracker.step("val", {"logits": torch.randn(4, 3), "target": y, "labels": y})
+    pred = torch.tensor([0, 1, 1, 2])
+    results = run_epoch(tracker, "val", [{"preds": pred, "target": y}])  # corrected outputs
+    assert results == pytest.approx({"acc/val": accuracy_score(y, pred), "f1/val": macro_f1(y, pred)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +290,8 @@ def test_step_outside_an_epoch_gives_step_values_only():
     values = [tracker.step("train", b) for b in batches]
     assert [list(v) for v in values] == [["acc/train_step"]] * 3
     assert "acc/train" not in tracker.history
+    # nothing accumulates outside an epoch (a cat-state metric would grow with every step)
+    assert tracker._stages["train"].bounds["acc"].metric._update_count == 0
     # a later epoch only counts its own batches
     fresh = classification_batches([6], seed=9)
     results = run_epoch(tracker, "train", fresh)
@@ -367,6 +388,18 @@ def test_mixing_devices_is_an_error():
         tracker.step("train", {"x": torch.zeros(2)})
         with pytest.raises(OutputsError, match=r"got a tensor on meta, but stage `train` has run on cpu"):
             tracker.step("train", {"x": torch.zeros(2, device="meta")})
+
+
+def test_batches_of_padding_alone_are_not_empty_batches():
+    tracker = MetricsTracker({"acc": accuracy_score})
+    y, p = np.array([1, 0, 1, 1]), np.array([1, 1, 1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "skipped empty batches" warning
+        with tracker.epoch("val", num_samples=3) as epoch:
+            for i in range(4):  # the 4th batch is past the dataset's length: padding
+                tracker.step("val", {"y_true": y[i : i + 1], "y_pred": p[i : i + 1]})
+    assert epoch.results == {"acc/val": accuracy_score(y[:3], p[:3])}
+    assert epoch.empty_batches == 0 and epoch.samples == 3
 
 
 def test_num_samples_drops_samples_past_the_dataset_length():
