@@ -25,14 +25,18 @@ def layout_of(value: Any) -> Layout:
         value: a tensor or a NumPy array with a sample dimension.
 
     Returns:
-        ``(kind, shape without the first dimension, dtype name)``.
+        ``(kind, shape without the first dimension, dtype name)``; NumPy strings of any width
+        have the dtype ``"U"`` (or ``"S"`` for bytes).
 
     Example:
         >>> layout_of(torch.zeros(4, 3))
         ('torch', (3,), 'torch.float32')
     """
-    kind = "torch" if isinstance(value, torch.Tensor) else "numpy"
-    return kind, tuple(value.shape[1:]), str(value.dtype)
+    if isinstance(value, torch.Tensor):
+        return "torch", tuple(value.shape[1:]), str(value.dtype)
+    # strings of any width concatenate: their layout is the kind alone ("U" or "S")
+    dtype = value.dtype.kind if value.dtype.kind in "US" else str(value.dtype)
+    return "numpy", tuple(value.shape[1:]), dtype
 
 
 class Collector:
@@ -131,17 +135,37 @@ class Collector:
         return collectives.all_gather_cat(local, counts)
 
     def state_dict(self) -> dict[str, Any]:
-        """The chunks as tensors (NumPy chunks converted and marked), loadable with ``weights_only``."""
+        """The chunks, loadable with ``weights_only``: tensors, NumPy numbers as tensors, text as lists.
+
+        NumPy chunks are marked with their dtype; those of strings (``<U``, ``S``) or objects (e.g.
+        string labels for a scikit-learn metric) are kept as nested lists of Python values.
+        """
+        numpy = {str(i): str(cs[0].dtype) for i, cs in self.chunks.items() if cs and isinstance(cs[0], np.ndarray)}
         return {
-            "chunks": {str(i): [_as_tensor(c) for c in cs] for i, cs in self.chunks.items()},
-            "numpy": [str(i) for i, cs in self.chunks.items() if cs and isinstance(cs[0], np.ndarray)],
+            "chunks": {str(i): [_to_state(c) for c in cs] for i, cs in self.chunks.items()},
+            "numpy": list(numpy),
+            "numpy_dtypes": numpy,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        dtypes = state.get("numpy_dtypes") or {}
         as_numpy = set(state["numpy"])
-        self.chunks = {int(i): [c.numpy() if i in as_numpy else c for c in cs] for i, cs in state["chunks"].items()}
+        self.chunks = {
+            int(i): [_from_state(c, dtypes.get(i)) if i in as_numpy else c for c in cs]
+            for i, cs in state["chunks"].items()
+        }
 
 
-def _as_tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+def _to_state(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value
+    if value.dtype.kind in "biufc":
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value.tolist()  # text and objects: plain Python values
+
+
+def _from_state(value: Any, dtype: str | None) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    return np.asarray(value, dtype=None if dtype is None else np.dtype(dtype))

@@ -14,7 +14,7 @@ from fabricmetrics._collect import Collector
 from fabricmetrics._values import flatten_value
 from fabricmetrics.bound import Bound, ExactBound, PerStepBound, TorchmetricBound
 from fabricmetrics.distributed import Collectives, valid_sample_count
-from fabricmetrics.exceptions import FabricMetricsError, MetricError, OutputsError
+from fabricmetrics.exceptions import ConfigurationError, FabricMetricsError, MetricError, OutputsError
 from fabricmetrics.needs import NeedsSpec, Source, describe_source, missing_key_error, resolve_plan
 from fabricmetrics.schedule import Schedule
 
@@ -422,9 +422,42 @@ class Stage:
 
     # ----------------------------------------------------------------------------------------------
     # state
+    def kinds(self) -> dict[str, str]:
+        """Each metric's kind in this stage: ``"torchmetric"``, ``"per_step"`` or ``"exact"``."""
+        names = {TorchmetricBound: "torchmetric", PerStepBound: "per_step", ExactBound: "exact"}
+        return {n: names[type(b)] for n, b in self.bounds.items()}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise if :meth:`load_state_dict` cannot restore ``state`` into this stage.
+
+        A metric present in both must be of the same kind; an epoch that was open must hold exactly
+        this stage's metrics. Metrics added or removed between closed epochs are fine (the history
+        continues; a new metric starts with the next epoch).
+
+        Raises:
+            ConfigurationError: the checkpoint's metrics do not fit (the message lists them).
+        """
+        saved = state.get("kinds")
+        if saved is None:  # a checkpoint from before kinds were recorded
+            return
+        mine = self.kinds()
+        changed = {n: (saved[n], mine[n]) for n in saved.keys() & mine.keys() if saved[n] != mine[n]}
+        open_mismatch = bool(state.get("open")) and saved.keys() != mine.keys()
+        if changed or open_mismatch:
+            raise ConfigurationError(
+                f"The checkpoint's stage `{self.name}` does not fit this tracker: "
+                + (f"metrics of another kind (checkpoint, now): {changed}; " if changed else "")
+                + (
+                    f"its open epoch holds the metrics {sorted(saved)}, this tracker has {sorted(mine)}; "
+                    if open_mismatch
+                    else ""
+                )
+                + "HINT: build the tracker with the metrics and schedules of the run that saved the checkpoint."
+            )
+
     def state_dict(self) -> dict[str, Any]:
-        """Counters and, for an open epoch, everything accumulated so far."""
-        state: dict[str, Any] = {"steps": self.steps, "epochs": self.epochs, "open": self.open}
+        """Counters, each metric's kind and, for an open epoch, everything accumulated so far."""
+        state: dict[str, Any] = {"steps": self.steps, "epochs": self.epochs, "open": self.open, "kinds": self.kinds()}
         if self.open:
             state["epoch"] = {
                 "num_samples": self.num_samples,
@@ -447,6 +480,11 @@ class Stage:
             return
         self.num_samples, self.valid = epoch["num_samples"], epoch["valid"]
         self.seen, self.samples, self.empty_batches = epoch["seen"], epoch["samples"], epoch["empty_batches"]
+        unknown = sorted(epoch["bounds"].keys() - self.bounds.keys())
+        if unknown:
+            raise ConfigurationError(
+                f"The checkpoint's open epoch of stage `{self.name}` holds metrics this tracker lacks: {unknown}."
+            )
         for n, bound_state in epoch["bounds"].items():
             self.bounds[n].load_state_dict(bound_state)
         self._collector.load_state_dict(epoch["collected"])

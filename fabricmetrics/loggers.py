@@ -4,8 +4,8 @@ Any :class:`lightning_fabric.loggers.Logger` works with the tracker. This module
 ``TensorBoardLogger`` and ``Logger`` and adds one fix to Fabric's ``CSVLogger``: Fabric deletes
 ``metrics.csv`` when a version folder is reused, which loses every row of a run that is resumed
 from a checkpoint. :class:`CSVLogger` keeps the earlier rows and drops only those logged after the
-step the run resumes from (the tracker tells it that step in ``load_state_dict``), so the file
-ends up with exactly the rows of an uninterrupted run.
+checkpoint (the tracker tells it the step, and how many rows it had logged at that step, in
+``load_state_dict``), so the file ends up with exactly the rows of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 from lightning_fabric.loggers import CSVLogger as _FabricCSVLogger
@@ -23,7 +24,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_warn
 
 from fabricmetrics.exceptions import LogDirectoryError
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "check_writable", "resume_loggers"]
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "check_writable", "flush_loggers", "resume_loggers"]
 
 
 class CSVLogger(_FabricCSVLogger):
@@ -31,7 +32,7 @@ class CSVLogger(_FabricCSVLogger):
 
     Same arguments as :class:`lightning_fabric.loggers.CSVLogger`. After :meth:`resume` (called by
     ``MetricsTracker.load_state_dict``), opening an existing ``metrics.csv`` keeps its rows up to the
-    resumed step and drops the later ones, which the resumed run will log again. Without a resume
+    checkpoint and drops the later ones, which the resumed run will log again. Without a resume
     it behaves like Fabric's logger.
 
     Example:
@@ -52,18 +53,21 @@ class CSVLogger(_FabricCSVLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Same arguments as Fabric's ``CSVLogger``."""
         super().__init__(*args, **kwargs)
-        self._resume_step: int | None = None
+        self._resume: tuple[int, int | None] | None = None
 
-    def resume(self, step: int) -> None:
-        """Keep the rows logged at steps ``<= step`` and drop later ones.
+    def resume(self, step: int, rows_at_step: int | None = None) -> None:
+        """Keep the rows logged up to the checkpoint and drop later ones.
 
         Args:
             step: the global step of the checkpoint the run resumes from.
+            rows_at_step: how many rows had been logged *at* ``step`` when the checkpoint was
+                taken (the tracker counts its own); the later rows at ``step`` are dropped too.
+                ``None`` keeps every row at ``step``.
         """
-        self._resume_step = int(step)
+        self._resume = (int(step), None if rows_at_step is None else int(rows_at_step))
         if isinstance(self._experiment, _ResumableWriter):
             self._experiment.save()
-            self._experiment.truncate_after(self._resume_step)
+            self._experiment.truncate_after(*self._resume)
 
     @property
     @rank_zero_experiment
@@ -71,37 +75,49 @@ class CSVLogger(_FabricCSVLogger):
         """The writer of ``metrics.csv`` (created on first use, on rank 0 only)."""
         if self._experiment is None:
             os.makedirs(self._root_dir, exist_ok=True)
-            self._experiment = _ResumableWriter(self.log_dir, self._resume_step)
+            self._experiment = _ResumableWriter(self.log_dir, self._resume)
         return self._experiment
 
 
 class _ResumableWriter(_ExperimentWriter):
-    """Fabric's CSV writer that, when resuming, keeps the rows up to the resumed step."""
+    """Fabric's CSV writer that, when resuming, keeps the rows up to the checkpoint."""
 
-    def __init__(self, log_dir: str, keep_until: int | None) -> None:
-        self._keep_until = keep_until
+    def __init__(self, log_dir: str, resume: tuple[int, int | None] | None) -> None:
+        self._resume = resume
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
         if not os.path.isfile(self.metrics_file_path):
             return  # other files (e.g. TensorBoard events sharing the folder) are left alone
-        if self._keep_until is None:
+        if self._resume is None:
             rank_zero_warn(
                 f"{self.metrics_file_path} exists and this run does not resume from a checkpoint, so it is "
                 "replaced (as Fabric's CSVLogger does). HINT: load the tracker's state_dict to keep its rows."
             )
             os.remove(self.metrics_file_path)
         else:
-            self.truncate_after(self._keep_until)
+            self.truncate_after(*self._resume)
 
-    def truncate_after(self, step: int) -> None:
-        """Rewrite ``metrics.csv`` without the rows logged after ``step``."""
+    def truncate_after(self, step: int, rows_at_step: int | None = None) -> None:
+        """Rewrite ``metrics.csv`` without the rows logged after the checkpoint.
+
+        Keeps the rows of steps before ``step`` and the first ``rows_at_step`` rows of ``step``
+        (all of them when ``None``), in file order, which is the order they were logged in.
+        """
         if not os.path.isfile(self.metrics_file_path):
             return
         with open(self.metrics_file_path, newline="") as file:
             reader = csv.DictReader(file)
             fieldnames = list(reader.fieldnames or [])
-            rows = [row for row in reader if _row_step(row) <= step]
+            rows, at_step = [], 0
+            for row in reader:
+                row_step = _row_step(row)
+                if row_step == step:
+                    at_step += 1
+                    if rows_at_step is not None and at_step > rows_at_step:
+                        continue
+                if row_step <= step:
+                    rows.append(row)
         tmp = self.metrics_file_path + ".tmp"
         with open(tmp, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=fieldnames)
@@ -118,24 +134,65 @@ def _row_step(row: dict[str, str]) -> float:
         return float("nan")
 
 
-def resume_loggers(loggers: list[Logger], step: int) -> None:
+def resume_loggers(
+    loggers: list[Logger],
+    step: int,
+    *,
+    rows_at_step: int | None = None,
+    values_at_step: Mapping[str, float] | None = None,
+) -> None:
     """Tell loggers that the run resumes from ``step`` so they drop what was logged after it.
 
-    :class:`CSVLogger` keeps its earlier rows; a ``TensorBoardLogger`` whose writer is not open yet
-    gets ``purge_step=step + 1``, which hides the events logged after ``step`` by the interrupted
-    run. Other loggers are left alone.
+    :class:`CSVLogger` keeps its earlier rows: those of earlier steps and the first
+    ``rows_at_step`` rows of ``step``. A ``TensorBoardLogger`` whose writer is not open yet gets
+    ``purge_step``, which hides the events the interrupted run logged after the checkpoint: with
+    ``values_at_step`` (what had been logged at ``step`` before the checkpoint) the purge starts
+    at ``step`` and those values are logged again, so that values logged at ``step`` after the
+    checkpoint go too; without it the purge starts at ``step + 1``. Other loggers are left alone.
 
     Args:
         loggers: the tracker's loggers.
         step: the global step of the checkpoint.
+        rows_at_step: rows logged at ``step`` before the checkpoint (``None``: keep them all).
+        values_at_step: key → value logged at ``step`` before the checkpoint.
     """
     for logger in loggers:
         if isinstance(logger, CSVLogger):
-            logger.resume(step)
-        elif isinstance(logger, TensorBoardLogger) and getattr(logger, "_experiment", True) is None:
+            logger.resume(step, rows_at_step)
+        elif isinstance(logger, TensorBoardLogger):
             kwargs = getattr(logger, "_kwargs", None)
-            if isinstance(kwargs, dict):
+            if getattr(logger, "_experiment", True) is not None or not isinstance(kwargs, dict):
+                rank_zero_warn(
+                    "The TensorBoardLogger was already writing when the tracker resumed, so the events the "
+                    "interrupted run logged after the checkpoint stay in its files. HINT: call "
+                    "tracker.load_state_dict before anything is logged."
+                )
+                continue
+            if values_at_step is None:
                 kwargs.setdefault("purge_step", step + 1)
+                continue
+            kwargs.setdefault("purge_step", step)
+            if values_at_step:
+                logger.log_metrics(dict(values_at_step), step=step)
+
+
+def flush_loggers(loggers: list[Logger]) -> None:
+    """Write what the loggers buffer (Fabric's ``CSVLogger`` keeps up to 100 rows in memory).
+
+    Loggers that have not started writing are left alone (nothing to flush, and a TensorBoard
+    writer must not open before a resume has set its ``purge_step``). Errors are warnings: a
+    checkpoint is not lost because a log could not be flushed.
+
+    Args:
+        loggers: the tracker's loggers.
+    """
+    for logger in loggers:
+        if getattr(logger, "_experiment", True) is None:
+            continue
+        try:
+            logger.save()
+        except Exception as err:
+            rank_zero_warn(f"{type(logger).__name__}.save() failed while flushing for a checkpoint: {err}")
 
 
 def check_writable(logger: Logger) -> None:

@@ -25,7 +25,7 @@ from fabricmetrics.exceptions import (
     warn,
 )
 from fabricmetrics.history import History
-from fabricmetrics.loggers import Logger, check_writable, resume_loggers
+from fabricmetrics.loggers import Logger, check_writable, flush_loggers, resume_loggers
 from fabricmetrics.needs import name_metrics, parse_needs
 from fabricmetrics.progress import ProgressDisplay
 from fabricmetrics.schedule import Schedule, default_schedule
@@ -134,6 +134,7 @@ class MetricsTracker(CallbackHooks):
         self._stages: dict[str, Stage] = {}
         self._open: dict[str, EpochRecord] = {}
         self._warned: set[str] = set()
+        self._rows_at = (0, 0)  # (step, rows published at that step so far), for resuming loggers
         self.global_step = 0
         self.history = History()
 
@@ -276,10 +277,16 @@ class MetricsTracker(CallbackHooks):
 
         Holds only tensors, plain containers and numbers: it loads with
         ``torch.load(..., weights_only=True)``, and ``fabric.save`` / ``fabric.load`` carry it.
+        On rank 0 it also flushes the loggers, so that every row logged up to the checkpoint is on
+        disk even if the job is killed before it ends.
         """
+        if self._collectives().is_main:
+            flush_loggers(self.loggers)
+        step, rows = self._rows_at
         return {
             "format": _STATE_FORMAT,
             "global_step": self.global_step,
+            "rows_at_global_step": rows if step == self.global_step else 0,
             "history": self.history.state_dict(),
             "stages": {name: st.state_dict() for name, st in self._stages.items()},
             "probes": [p.state_dict() if hasattr(p, "state_dict") else {} for p in self._probes],
@@ -291,13 +298,20 @@ class MetricsTracker(CallbackHooks):
         Args:
             state: what :meth:`state_dict` returned.
 
+        Metrics may be added or removed between closed epochs (a new metric starts with the next
+        epoch); a metric of the same name must keep its kind (torchmetric, per-step or exact), and an
+        epoch that was open when the state was saved needs exactly the same metrics.
+
         Raises:
-            ConfigurationError: the state is of another format or another set of metrics.
+            ConfigurationError: the state is of another format, or its metrics do not fit (nothing
+                is changed then).
         """
         if state.get("format") != _STATE_FORMAT:
             raise ConfigurationError(
                 f"Unknown tracker state format {state.get('format')!r} (expected {_STATE_FORMAT})."
             )
+        for name, st_state in state["stages"].items():  # check everything before changing anything
+            self._stage(name).check_state(st_state)
         self.global_step = int(state["global_step"])
         self.history.load_state_dict(state["history"])
         for name, st_state in state["stages"].items():
@@ -305,8 +319,10 @@ class MetricsTracker(CallbackHooks):
         for probe, probe_state in zip(self._probes, state.get("probes", []), strict=False):
             if hasattr(probe, "load_state_dict"):
                 probe.load_state_dict(probe_state)
+        self._rows_at = (self.global_step, int(state.get("rows_at_global_step", 0)))
         if self._collectives().is_main:
-            resume_loggers(self.loggers, self.global_step)
+            at_step = {k: v for k, points in self.history.items() for s, v in points if s == self.global_step}
+            resume_loggers(self.loggers, self.global_step, rows_at_step=self._rows_at[1], values_at_step=at_step)
 
     # ----------------------------------------------------------------------------------------------
     def _show(self) -> ProgressDisplay:
@@ -439,6 +455,7 @@ class MetricsTracker(CallbackHooks):
             if new:
                 warn(f"Non-finite values at step {step}, logged as they are: {', '.join(new)}.")
         self.history.record(values, step)
+        self._rows_at = (step, self._rows_at[1] + 1 if self._rows_at[0] == step else 1)
         for logger in self.loggers:
             try:
                 logger.log_metrics(values, step=step)

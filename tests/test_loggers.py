@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fabricmetrics import MetricsTracker, Schedule
 from fabricmetrics.exceptions import LogDirectoryError
-from fabricmetrics.loggers import CSVLogger, TensorBoardLogger
+from fabricmetrics.loggers import CSVLogger, TensorBoardLogger, resume_loggers
 from tests.conftest import RecordingLogger
 
 
@@ -139,10 +139,38 @@ def test_resume_truncates_an_open_writer(tmp_path):
     ]
 
 
+def test_csv_resume_keeps_only_the_rows_logged_at_the_checkpoint_step_before_it(tmp_path):
+    logger = CSVLogger(tmp_path, name="r", version=0)
+    for step, a in [(1, 1.0), (2, 2.0), (2, 2.1), (2, 2.2), (3, 3.0)]:  # checkpoint after (2, 2.0)
+        logger.log_metrics({"a": a}, step=step)
+    logger.finalize("failed")
+    resumed = CSVLogger(tmp_path, name="r", version=0)
+    resumed.resume(2, rows_at_step=1)
+    resumed.log_metrics({"a": 2.5}, step=2)
+    resumed.finalize("success")
+    assert [(r["step"], r["a"]) for r in read_csv(os.path.join(resumed.log_dir, "metrics.csv"))] == [
+        ("1", "1.0"),
+        ("2", "2.0"),
+        ("2", "2.5"),
+    ]
+
+
 def test_tensorboard_purge_step_is_set_on_resume(tmp_path):
     tb = TensorBoardLogger(tmp_path, name="r", version=0)
     tracker = MetricsTracker({"acc": accuracy_score}, loggers=[tb])
     state = tracker.state_dict()
     state["global_step"] = 41
     tracker.load_state_dict(state)
-    assert tb._kwargs["purge_step"] == 42
+    assert tb._kwargs["purge_step"] == 41  # nothing was logged at step 41 before the checkpoint
+    assert tb._experiment is None  # nothing to log again: the writer is not opened
+    plain = TensorBoardLogger(tmp_path, name="r", version=1)
+    resume_loggers([plain], 41)  # without what was logged at the step: keep all of step 41
+    assert plain._kwargs["purge_step"] == 42
+
+
+def test_tensorboard_already_writing_at_resume_warns(tmp_path):
+    tb = TensorBoardLogger(tmp_path, name="r", version=0)
+    tb.log_metrics({"a": 1.0}, step=1)
+    with pytest.warns(UserWarning, match="already writing when the tracker resumed"):
+        resume_loggers([tb], 1, rows_at_step=1, values_at_step={"a": 1.0})
+    tb.finalize("success")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,15 +38,23 @@ def run_epochs(
     epochs: range,
     *,
     checkpoint_after: int | None = None,
+    checkpoint_after_train: int | None = None,
     path=None,
     kill_in: int | None = None,
+    hard_kill_in: int | None = None,
+    skip_train_of: int | None = None,
 ) -> None:
     for epoch in epochs:
-        with tracker.epoch("train"):
-            for step in range(STEPS):
-                tracker.step("train", batch(epoch, step, "train"))
-                if epoch == kill_in and step == 3:
-                    raise KeyboardInterrupt  # the job is killed in the middle of this epoch
+        if epoch != skip_train_of:
+            with tracker.epoch("train"):
+                for step in range(STEPS):
+                    tracker.step("train", batch(epoch, step, "train"))
+                    if epoch == kill_in and step == 3:
+                        raise KeyboardInterrupt  # the job is killed in the middle of this epoch
+                    if epoch == hard_kill_in and step == 3:
+                        os._exit(3)  # SIGKILL-like: no finally, no logger flush
+        if epoch == checkpoint_after_train:
+            torch.save(tracker.state_dict(), path)
         with tracker.epoch("val"):
             for step in range(2):
                 tracker.step("val", batch(epoch, step, "val"))
@@ -89,3 +101,38 @@ def test_resume_from_an_older_checkpoint_gives_the_rows_of_an_uninterrupted_run(
         assert resumed_tb[tag] == points, tag
     # the interrupted run had logged rows past the checkpoint, which were replaced, not duplicated
     assert max(killed_steps) > 2 * STEPS
+
+
+def test_a_hard_kill_after_a_checkpoint_between_train_and_val_loses_and_repeats_nothing(tmp_path):
+    """The checkpoint is taken at a step where more is logged after it (validation, at the same step)."""
+    reference_root, root, ckpt = tmp_path / "reference", tmp_path / "killed", tmp_path / "tracker.pt"
+    reference = make(reference_root)
+    with reference:
+        run_epochs(reference, range(EPOCHS))
+
+    child = (
+        "from pathlib import Path\n"
+        "from tests.test_resume import EPOCHS, make, run_epochs\n"
+        f"tracker = make(Path({str(root)!r}))\n"
+        "with tracker:\n"
+        f"    run_epochs(tracker, range(EPOCHS), checkpoint_after_train=1, path={str(ckpt)!r}, hard_kill_in=3)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", child], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr  # killed in epoch 3, after the checkpoint of epoch 1
+    assert int(csv_rows(root)[-1]["step"]) == 2 * STEPS  # the checkpoint flushed the rows up to it
+
+    # TensorBoard reads event files in name order, and names carry the time in seconds and the pid:
+    # a resume in the same second as the killed process (only in a test) could sort before it
+    time.sleep(1.1)
+    resumed = make(root)
+    resumed.load_state_dict(torch.load(ckpt, weights_only=True))
+    with resumed:
+        run_epochs(resumed, range(1, EPOCHS), skip_train_of=1)  # the loop resumes with epoch 1's validation
+
+    assert csv_rows(root) == csv_rows(reference_root)
+    assert dict(resumed.history) == dict(reference.history)
+    reference_tb, resumed_tb = tb_scalars(reference_root), tb_scalars(root)
+    assert resumed_tb.keys() == reference_tb.keys()
+    for tag, points in reference_tb.items():
+        assert resumed_tb[tag] == points, tag

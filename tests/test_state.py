@@ -120,3 +120,56 @@ def test_torchmetrics_states_are_restored_onto_the_metric():
         state = tracker.state_dict()
         raise KeyboardInterrupt
     assert state["stages"]["val"]["epoch"]["bounds"]["acc"]["update_count"] == 1
+
+
+def test_string_labels_of_an_epoch_in_progress_survive_a_checkpoint(tmp_path):
+    from sklearn.metrics import accuracy_score
+
+    y = [np.array(["cat", "dog", "dog"]), np.array(["bird", "cat"])]
+    p = [np.array(["cat", "cat", "dog"]), np.array(["bird", "dog"])]
+    tracker = MetricsTracker({"acc": accuracy_score})
+    with pytest.raises(KeyboardInterrupt), tracker.epoch("val"):
+        tracker.step("val", {"y_true": y[0], "y_pred": p[0]})
+        torch.save(tracker.state_dict(), tmp_path / "c.pt")
+        raise KeyboardInterrupt
+    resumed = MetricsTracker({"acc": accuracy_score})
+    resumed.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
+    with resumed.epoch("val") as epoch:
+        resumed.step("val", {"y_true": y[1], "y_pred": p[1]})
+    assert epoch.results == {"acc/val": pytest.approx(accuracy_score(np.concatenate(y), np.concatenate(p)))}
+
+
+def test_a_state_of_other_metrics_is_refused_and_changes_nothing():
+    from sklearn.metrics import accuracy_score
+
+    batches = classification_batches([6, 6])
+    closed = MetricsTracker({"acc": MulticlassAccuracy(num_classes=4)})
+    with closed.epoch("val"):
+        closed.step("val", batches[0])
+    # same name, another kind: a torchmetric's state into an exact-mode callable
+    other_kind = MetricsTracker({"acc": accuracy_score})
+    with pytest.raises(
+        ConfigurationError, match=r"metrics of another kind \(checkpoint, now\): \{'acc': \('torchmetric', 'exact'\)\}"
+    ):
+        other_kind.load_state_dict(closed.state_dict())
+    assert other_kind.global_step == 0 and dict(other_kind.history) == {}
+    # between closed epochs, metrics may be added: the history continues
+    added = MetricsTracker({"acc": MulticlassAccuracy(num_classes=4), "f1": MulticlassAccuracy(num_classes=4)})
+    added.load_state_dict(closed.state_dict())
+    assert added.history["acc/val"] == closed.history["acc/val"]
+    # an epoch in progress needs exactly the same metrics
+    with pytest.raises(KeyboardInterrupt), closed.epoch("val"):
+        closed.step("val", batches[1])
+        state = closed.state_dict()
+        raise KeyboardInterrupt
+    with pytest.raises(
+        ConfigurationError, match=r"its open epoch holds the metrics \['acc'\], this tracker has \['acc', 'f1'\]"
+    ):
+        MetricsTracker(
+            {"acc": MulticlassAccuracy(num_classes=4), "f1": MulticlassAccuracy(num_classes=4)}
+        ).load_state_dict(state)
+    renamed = MetricsTracker({"accuracy": MulticlassAccuracy(num_classes=4)})
+    with pytest.raises(
+        ConfigurationError, match=r"its open epoch holds the metrics \['acc'\], this tracker has \['accuracy'\]"
+    ):
+        renamed.load_state_dict(state)
