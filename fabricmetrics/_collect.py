@@ -95,6 +95,11 @@ class Collector:
             )
         chunks.append(value)
 
+    def _finish_copies(self) -> None:
+        if self.pending_copy and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.pending_copy = False
+
     def layout(self, index: int) -> Layout | None:
         """The layout of source ``index``, or ``None`` if nothing was collected."""
         chunks = self.chunks.get(index)
@@ -116,9 +121,7 @@ class Collector:
         Returns:
             A tensor or an array of every rank's samples.
         """
-        if self.pending_copy and torch.cuda.is_available():
-            torch.cuda.synchronize()
-            self.pending_copy = False
+        self._finish_copies()
         chunks = self.chunks.get(index, []) if index is not None else []
         if layout is not None and layout[0] == "numpy":
             array = np.concatenate(chunks) if chunks else np.empty((0, *layout[1]), dtype=np.dtype(layout[2]))
@@ -140,6 +143,7 @@ class Collector:
         NumPy chunks are marked with their dtype; those of strings (``<U``, ``S``) or objects (e.g.
         string labels for a scikit-learn metric) are kept as nested lists of Python values.
         """
+        self._finish_copies()  # compute_on_cpu copies are non-blocking: wait before anything reads them
         numpy = {str(i): str(cs[0].dtype) for i, cs in self.chunks.items() if cs and isinstance(cs[0], np.ndarray)}
         return {
             "chunks": {str(i): [_to_state(c) for c in cs] for i, cs in self.chunks.items()},

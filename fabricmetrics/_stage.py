@@ -63,14 +63,26 @@ class Stage:
         self.open = False
         self.accumulating = False
         self._resumed_open = False
+        self._ranks = (1, 0)  # (world size, rank) of the open epoch
         self._reset_epoch(num_samples=None, world_size=1, rank=0)
 
     # ----------------------------------------------------------------------------------------------
     # epochs
     def begin_epoch(self, num_samples: int | None, world_size: int, rank: int) -> None:
-        """Open an epoch; keep a resumed epoch's state, else start from zero."""
+        """Open an epoch; keep a resumed epoch's state, else start from zero.
+
+        Raises:
+            ConfigurationError: a resumed epoch is reopened with another ``num_samples``.
+        """
+        if self._resumed_open and num_samples != self.num_samples:
+            raise ConfigurationError(
+                f"The epoch of stage `{self.name}` in progress at the checkpoint was opened with "
+                f"num_samples={self.num_samples}, and is resumed with num_samples={num_samples}. HINT: resume it "
+                "with the same data set."
+            )
         if not self._resumed_open:
             self._reset_epoch(num_samples, world_size, rank)
+        self._ranks = (world_size, rank)
         self._resumed_open = False
         self.open = True
         self.accumulating = self.schedule.logs_epoch(self.epochs + 1)
@@ -427,16 +439,26 @@ class Stage:
         names = {TorchmetricBound: "torchmetric", PerStepBound: "per_step", ExactBound: "exact"}
         return {n: names[type(b)] for n, b in self.bounds.items()}
 
-    def check_state(self, state: Mapping[str, Any]) -> None:
-        """Raise if :meth:`load_state_dict` cannot restore ``state`` into this stage.
+    def check_state(self, state: Mapping[str, Any], world_size: int, rank: int) -> None:
+        """Raise if :meth:`load_state_dict` cannot restore ``state`` into this stage on this rank.
 
         A metric present in both must be of the same kind; an epoch that was open must hold exactly
-        this stage's metrics. Metrics added or removed between closed epochs are fine (the history
-        continues; a new metric starts with the next epoch).
+        this stage's metrics, and have been saved by this rank of a job of this size: the state of
+        an epoch in progress is one rank's part of it. Metrics added or removed between closed
+        epochs are fine (the history continues; a new metric starts with the next epoch).
 
         Raises:
-            ConfigurationError: the checkpoint's metrics do not fit (the message lists them).
+            ConfigurationError: the checkpoint's metrics or ranks do not fit (the message says how).
         """
+        epoch = state.get("epoch")
+        saved_ranks = tuple(epoch["ranks"]) if state.get("open") and epoch and "ranks" in epoch else None
+        if saved_ranks is not None and saved_ranks != (world_size, rank):
+            raise ConfigurationError(
+                f"The checkpoint holds the part of an epoch of stage `{self.name}` in progress that rank "
+                f"{saved_ranks[1]} of {saved_ranks[0]} saw, and this is rank {rank} of {world_size}, so that epoch "
+                "cannot be resumed exactly here. HINT: checkpoint between epochs, or save and load each rank's own "
+                "tracker.state_dict() (e.g. one file per rank) with the same number of ranks."
+            )
         saved = state.get("kinds")
         if saved is None:  # a checkpoint from before kinds were recorded
             return
@@ -465,6 +487,7 @@ class Stage:
                 "seen": self.seen,
                 "samples": self.samples,
                 "empty_batches": self.empty_batches,
+                "ranks": list(self._ranks),
                 "bounds": {n: b.state_dict() for n, b in self.bounds.items()},
                 "collected": self._collector.state_dict(),
             }

@@ -184,7 +184,7 @@ def resolve_plan(name: str, spec: NeedsSpec, keys: Collection[str]) -> ArgPlan:
         if problems:
             param, candidates = problems[0]
             if candidates:
-                what = f"and the outputs have several keys it could mean: {candidates}"
+                what = f"and the outputs have several keys it could mean: {candidates} (keys present: {sorted(keys)})"
             else:
                 what = f"but the outputs have keys {sorted(keys)}"
             raise NeedsError(

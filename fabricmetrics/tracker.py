@@ -310,8 +310,9 @@ class MetricsTracker(CallbackHooks):
             raise ConfigurationError(
                 f"Unknown tracker state format {state.get('format')!r} (expected {_STATE_FORMAT})."
             )
+        collectives = self._collectives()
         for name, st_state in state["stages"].items():  # check everything before changing anything
-            self._stage(name).check_state(st_state)
+            self._stage(name).check_state(st_state, collectives.world_size, collectives.rank)
         self.global_step = int(state["global_step"])
         self.history.load_state_dict(state["history"])
         for name, st_state in state["stages"].items():

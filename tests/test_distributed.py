@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fabricmetrics import MetricsTracker, Schedule
-from fabricmetrics.exceptions import DistributedError, MetricError
+from fabricmetrics.exceptions import ConfigurationError, DistributedError, MetricError
 from tests._distributed import load_rank_results, run_on_ranks, save_rank_result
 from tests.conftest import free_port
 
@@ -240,6 +240,38 @@ def silent_rank_worker(rank, world):
     return out
 
 
+def mid_epoch_resume_worker(rank, world):
+    """A checkpoint inside an epoch: each rank's own state resumes exactly; rank 0's state on rank 1 is refused."""
+    import io
+
+    ds = dataset()
+    mine = [ds[i : i + 3] for i in range(rank * 9, rank * 9 + 9, 3)] + ([ds[18:21]] if rank == 0 else [])
+    uninterrupted = feed(make_tracker(), "val", mine).results
+    first = make_tracker()
+    try:
+        with first.epoch("val"):
+            for i, (logits, target, index) in enumerate(mine):
+                first.step("val", {"preds": logits, "target": target, "index": index})
+                if i == 1:
+                    buffer = io.BytesIO()
+                    torch.save(first.state_dict(), buffer)
+                    raise KeyboardInterrupt  # killed mid-epoch (no collective call)
+    except KeyboardInterrupt:
+        pass
+    own = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    resumed = make_tracker()
+    resumed.load_state_dict(own)
+    resumed_results = feed(resumed, "val", mine[2:]).results
+    shared = [own]
+    dist.broadcast_object_list(shared, src=0)  # what every rank loads from a file saved on rank 0
+    try:
+        make_tracker().load_state_dict(shared[0])
+        refused = None
+    except ConfigurationError as err:
+        refused = str(err)
+    return uninterrupted, resumed_results, refused
+
+
 # --------------------------------------------------------------------------------------------------
 # tests
 
@@ -378,3 +410,13 @@ def test_a_rank_without_steps_and_per_step_keys_that_differ(tmp_path):
         assert "['pc_0', 'pc_1']" in out[rank]["keys"] and "['pc_0', 'pc_1', 'pc_2']" in out[rank]["keys"]
         assert out[rank]["after"] == {"pc_0/val": 1.0, "pc_1/val": 1.0, "pc_2/val": 1.0}
     assert out[0]["keys"] == out[1]["keys"]
+
+
+def test_an_epoch_in_progress_resumes_from_each_ranks_own_state(tmp_path):
+    out = run_on_ranks(mid_epoch_resume_worker, tmp_path)
+    for rank in range(2):
+        uninterrupted, resumed, _ = out[rank]
+        assert resumed == pytest.approx(uninterrupted, abs=1e-12)
+    assert_matches_reference(out[0][0], "val", list(range(N)))
+    assert out[0][2] is None  # rank 0 loads its own state
+    assert out[1][2] is not None and "that rank 0 of 2 saw, and this is rank 1 of 2" in out[1][2]

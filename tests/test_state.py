@@ -173,3 +173,20 @@ def test_a_state_of_other_metrics_is_refused_and_changes_nothing():
         ConfigurationError, match=r"its open epoch holds the metrics \['acc'\], this tracker has \['accuracy'\]"
     ):
         renamed.load_state_dict(state)
+
+
+def test_an_epoch_in_progress_resumes_only_with_its_num_samples():
+    tracker = make_tracker()
+    batches = binary_batches([4, 4])
+    with pytest.raises(KeyboardInterrupt), tracker.epoch("val", num_samples=8):
+        tracker.step("val", batches[0])
+        state = tracker.state_dict()
+        raise KeyboardInterrupt
+    resumed = make_tracker()
+    resumed.load_state_dict(state)
+    refused = pytest.raises(ConfigurationError, match=r"opened with num_samples=8, and is resumed with num_samples=9")
+    with refused, resumed.epoch("val", num_samples=9):
+        pass
+    with resumed.epoch("val", num_samples=8) as epoch:  # still resumable with the right length
+        resumed.step("val", batches[1])
+    assert epoch.samples == 8
