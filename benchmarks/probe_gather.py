@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gather import free_port  # the sibling benchmark (run as `python benchmarks/probe_gather.py`)
 
 from fabricmetrics.distributed import DEFAULT_GATHER_BUDGET_MB, TorchCollectives
 
@@ -61,12 +61,6 @@ def worker(rank: int, world: int, port: int, variant: str, n: int, d: int, queue
     dist.barrier()
     dist.destroy_process_group()
     queue.put((rank, elapsed, (peak - before) / 1024, rows))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:

@@ -73,6 +73,16 @@ def tb_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def assert_same_logs(root: Path, tracker: MetricsTracker, reference_root: Path, reference: MetricsTracker) -> None:
+    """CSV rows, history and TensorBoard scalars of a resumed run equal those of the uninterrupted one."""
+    assert csv_rows(root) == csv_rows(reference_root)
+    assert dict(tracker.history) == dict(reference.history)
+    reference_tb, resumed_tb = tb_scalars(reference_root), tb_scalars(root)
+    assert resumed_tb.keys() == reference_tb.keys()
+    for tag, points in reference_tb.items():
+        assert resumed_tb[tag] == points, tag
+
+
 def test_resume_from_an_older_checkpoint_gives_the_rows_of_an_uninterrupted_run(tmp_path):
     reference_root, root = tmp_path / "reference", tmp_path / "interrupted"
     reference = make(reference_root)
@@ -93,12 +103,7 @@ def test_resume_from_an_older_checkpoint_gives_the_rows_of_an_uninterrupted_run(
     with resumed:
         run_epochs(resumed, range(2, EPOCHS))
 
-    assert csv_rows(root) == csv_rows(reference_root)
-    assert dict(resumed.history) == dict(reference.history)
-    reference_tb, resumed_tb = tb_scalars(reference_root), tb_scalars(root)
-    assert resumed_tb.keys() == reference_tb.keys()
-    for tag, points in reference_tb.items():
-        assert resumed_tb[tag] == points, tag
+    assert_same_logs(root, resumed, reference_root, reference)
     # the interrupted run had logged rows past the checkpoint, which were replaced, not duplicated
     assert max(killed_steps) > 2 * STEPS
 
@@ -130,9 +135,4 @@ def test_a_hard_kill_after_a_checkpoint_between_train_and_val_loses_and_repeats_
     with resumed:
         run_epochs(resumed, range(1, EPOCHS), skip_train_of=1)  # the loop resumes with epoch 1's validation
 
-    assert csv_rows(root) == csv_rows(reference_root)
-    assert dict(resumed.history) == dict(reference.history)
-    reference_tb, resumed_tb = tb_scalars(reference_root), tb_scalars(root)
-    assert resumed_tb.keys() == reference_tb.keys()
-    for tag, points in reference_tb.items():
-        assert resumed_tb[tag] == points, tag
+    assert_same_logs(root, resumed, reference_root, reference)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from lightning_fabric import Fabric
-from sklearn.metrics import f1_score, mean_absolute_error
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
 from fabricmetrics import MetricsTracker, Schedule
@@ -89,22 +89,33 @@ def test_fabric_save_and_load_carry_the_tracker(tmp_path):
     assert restored.global_step == 4 and dict(restored.history) == dict(tracker.history)
 
 
-def test_exact_mode_numpy_chunks_survive_a_checkpoint(tmp_path):
-    def macro_f1(y_true, y_pred):
-        return f1_score(y_true, y_pred, average="macro")
+def macro_f1(y_true, y_pred):
+    return f1_score(y_true, y_pred, average="macro")
 
-    ys = [np.array([0, 1, 2, 2]), np.array([1, 1, 0])]
-    ps = [np.array([0, 2, 2, 2]), np.array([1, 0, 0])]
-    tracker = MetricsTracker({"f1": macro_f1})
+
+@pytest.mark.parametrize(
+    ("metric", "ys", "ps"),
+    [
+        (macro_f1, [np.array([0, 1, 2, 2]), np.array([1, 1, 0])], [np.array([0, 2, 2, 2]), np.array([1, 0, 0])]),
+        (  # string labels (of another width in the second batch)
+            accuracy_score,
+            [np.array(["cat", "dog", "dog"]), np.array(["bird", "cat"])],
+            [np.array(["cat", "cat", "dog"]), np.array(["bird", "dog"])],
+        ),
+    ],
+    ids=["numbers", "strings"],
+)
+def test_exact_mode_numpy_chunks_survive_a_checkpoint(tmp_path, metric, ys, ps):
+    tracker = MetricsTracker({"m": metric})
     with pytest.raises(KeyboardInterrupt), tracker.epoch("val"):
         tracker.step("val", {"y_true": ys[0], "y_pred": ps[0]})
         torch.save(tracker.state_dict(), tmp_path / "c.pt")
         raise KeyboardInterrupt
-    resumed = MetricsTracker({"f1": macro_f1})
+    resumed = MetricsTracker({"m": metric})
     resumed.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
     with resumed.epoch("val") as epoch:
         resumed.step("val", {"y_true": ys[1], "y_pred": ps[1]})
-    assert epoch.results == {"f1/val": pytest.approx(macro_f1(np.concatenate(ys), np.concatenate(ps)))}
+    assert epoch.results == {"m/val": pytest.approx(metric(np.concatenate(ys), np.concatenate(ps)))}
 
 
 def test_unknown_state_format_is_an_error():
@@ -122,26 +133,7 @@ def test_torchmetrics_states_are_restored_onto_the_metric():
     assert state["stages"]["val"]["epoch"]["bounds"]["acc"]["update_count"] == 1
 
 
-def test_string_labels_of_an_epoch_in_progress_survive_a_checkpoint(tmp_path):
-    from sklearn.metrics import accuracy_score
-
-    y = [np.array(["cat", "dog", "dog"]), np.array(["bird", "cat"])]
-    p = [np.array(["cat", "cat", "dog"]), np.array(["bird", "dog"])]
-    tracker = MetricsTracker({"acc": accuracy_score})
-    with pytest.raises(KeyboardInterrupt), tracker.epoch("val"):
-        tracker.step("val", {"y_true": y[0], "y_pred": p[0]})
-        torch.save(tracker.state_dict(), tmp_path / "c.pt")
-        raise KeyboardInterrupt
-    resumed = MetricsTracker({"acc": accuracy_score})
-    resumed.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
-    with resumed.epoch("val") as epoch:
-        resumed.step("val", {"y_true": y[1], "y_pred": p[1]})
-    assert epoch.results == {"acc/val": pytest.approx(accuracy_score(np.concatenate(y), np.concatenate(p)))}
-
-
 def test_a_state_of_other_metrics_is_refused_and_changes_nothing():
-    from sklearn.metrics import accuracy_score
-
     batches = classification_batches([6, 6])
     closed = MetricsTracker({"acc": MulticlassAccuracy(num_classes=4)})
     with closed.epoch("val"):
