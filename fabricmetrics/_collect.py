@@ -10,7 +10,7 @@ import torch
 
 from fabricmetrics._values import to_numpy
 from fabricmetrics.distributed import Collectives
-from fabricmetrics.exceptions import OutputsError
+from fabricmetrics.exceptions import OutputsError, warn
 
 __all__ = ["Collector", "Layout", "layout_of"]
 
@@ -164,12 +164,37 @@ class Collector:
 def _to_state(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value
-    if value.dtype.kind in "biufc":
+    kind = value.dtype.kind
+    if kind in "biufc":
         return torch.from_numpy(np.ascontiguousarray(value))
-    return value.tolist()  # text and objects: plain Python values
+    if kind in "mM":  # datetimes and durations travel as their int64 counts
+        return torch.from_numpy(np.ascontiguousarray(value).view(np.int64))
+    plain = _plain(value.tolist())  # text and objects: plain Python values
+    if kind == "O" and not _loads_safely(plain):
+        warn(
+            "An exact-mode argument holds Python objects that torch.load(..., weights_only=True) cannot read; "
+            "this checkpoint loads only with weights_only=False. HINT: give metrics numbers or strings."
+        )
+    return plain
 
 
 def _from_state(value: Any, dtype: str | None) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.numpy()
+        array = value.numpy()
+        return array.view(np.dtype(dtype)) if dtype is not None and np.dtype(dtype).kind in "mM" else array
+    if dtype is not None and np.dtype(dtype).kind in "US":
+        dtype = np.dtype(dtype).kind  # the width of each chunk is its own
     return np.asarray(value, dtype=None if dtype is None else np.dtype(dtype))
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars inside ``tolist()`` of an object array made Python values."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _loads_safely(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_loads_safely(v) for v in value)
+    return value is None or isinstance(value, (str, bytes, bool, int, float, complex))

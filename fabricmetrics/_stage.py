@@ -156,7 +156,7 @@ class Stage:
         if accumulate:
             self._collect(values, n)
             self.samples += n
-        if not self.open:  # outside an epoch nothing resets the state that forward() added to
+        if not self.open and not self._resumed_open:  # outside an epoch nothing would reset what forward() added
             for bound in self.bounds.values():
                 if isinstance(bound, TorchmetricBound):
                     bound.reset()
@@ -442,16 +442,18 @@ class Stage:
     def check_state(self, state: Mapping[str, Any], world_size: int, rank: int) -> None:
         """Raise if :meth:`load_state_dict` cannot restore ``state`` into this stage on this rank.
 
-        A metric present in both must be of the same kind; an epoch that was open must hold exactly
-        this stage's metrics, and have been saved by this rank of a job of this size: the state of
-        an epoch in progress is one rank's part of it. Metrics added or removed between closed
-        epochs are fine (the history continues; a new metric starts with the next epoch).
+        Only an epoch that was open at the checkpoint carries metric state: it must hold exactly this
+        stage's metrics, of the same kinds, and have been saved by this rank of a job of this size
+        (the state of an epoch in progress is one rank's part of it). Between epochs, metrics may be
+        added, removed or changed (the history continues; a new metric starts with the next epoch).
 
         Raises:
             ConfigurationError: the checkpoint's metrics or ranks do not fit (the message says how).
         """
         epoch = state.get("epoch")
-        saved_ranks = tuple(epoch["ranks"]) if state.get("open") and epoch and "ranks" in epoch else None
+        if not state.get("open") or not epoch:
+            return
+        saved_ranks = tuple(epoch["ranks"]) if "ranks" in epoch else None
         if saved_ranks is not None and saved_ranks != (world_size, rank):
             raise ConfigurationError(
                 f"The checkpoint holds the part of an epoch of stage `{self.name}` in progress that rank "
@@ -459,22 +461,13 @@ class Stage:
                 "cannot be resumed exactly here. HINT: checkpoint between epochs, or save and load each rank's own "
                 "tracker.state_dict() (e.g. one file per rank) with the same number of ranks."
             )
-        saved = state.get("kinds")
-        if saved is None:  # a checkpoint from before kinds were recorded
-            return
         mine = self.kinds()
-        changed = {n: (saved[n], mine[n]) for n in saved.keys() & mine.keys() if saved[n] != mine[n]}
-        open_mismatch = bool(state.get("open")) and saved.keys() != mine.keys()
-        if changed or open_mismatch:
+        saved = state.get("kinds") or {n: mine.get(n, "unknown") for n in epoch["bounds"]}  # older checkpoints
+        if saved != mine:
             raise ConfigurationError(
-                f"The checkpoint's stage `{self.name}` does not fit this tracker: "
-                + (f"metrics of another kind (checkpoint, now): {changed}; " if changed else "")
-                + (
-                    f"its open epoch holds the metrics {sorted(saved)}, this tracker has {sorted(mine)}; "
-                    if open_mismatch
-                    else ""
-                )
-                + "HINT: build the tracker with the metrics and schedules of the run that saved the checkpoint."
+                f"The checkpoint's epoch of stage `{self.name}` in progress holds the metrics {saved}, and this "
+                f"tracker has {mine}. HINT: resume with the metrics and schedules of the run that saved the "
+                "checkpoint, or checkpoint between epochs."
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -503,11 +496,6 @@ class Stage:
             return
         self.num_samples, self.valid = epoch["num_samples"], epoch["valid"]
         self.seen, self.samples, self.empty_batches = epoch["seen"], epoch["samples"], epoch["empty_batches"]
-        unknown = sorted(epoch["bounds"].keys() - self.bounds.keys())
-        if unknown:
-            raise ConfigurationError(
-                f"The checkpoint's open epoch of stage `{self.name}` holds metrics this tracker lacks: {unknown}."
-            )
         for n, bound_state in epoch["bounds"].items():
             self.bounds[n].load_state_dict(bound_state)
         self._collector.load_state_dict(epoch["collected"])

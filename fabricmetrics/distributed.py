@@ -209,16 +209,14 @@ class Collectives(ABC):
                 f"gather_cat_to_main: counts={counts} do not fit world size {self.world_size} and this rank's "
                 f"{tensor.shape[0]} rows."
             )
-        trailing = tuple(tensor.shape[1:])
-        out = None
-        if self.is_main:
-            out = tensor.new_empty((sum(counts), *trailing))
-            if self.world_size == 1 and index is None:
-                return tensor
-        row_bytes = max(1, math.prod(trailing)) * tensor.element_size()
         budget_mb = DEFAULT_GATHER_BUDGET_MB if budget_mb is None else budget_mb
         if not budget_mb > 0:
             raise ValueError(f"gather_cat_to_main: budget_mb must be positive, got {budget_mb!r}.")
+        if self.world_size == 1 and index is None:
+            return tensor
+        trailing = tuple(tensor.shape[1:])
+        out = tensor.new_empty((sum(counts), *trailing)) if self.is_main else None
+        row_bytes = max(1, math.prod(trailing)) * tensor.element_size()
         rows = max(1, int(budget_mb * 2**20) // (row_bytes * self.world_size))
         offsets = [sum(counts[:r]) for r in range(self.world_size)]
         for start in range(0, max(counts), rows):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_fabric.loggers import CSVLogger as _FabricCSVLogger
@@ -54,6 +54,29 @@ class CSVLogger(_FabricCSVLogger):
         """Same arguments as Fabric's ``CSVLogger``."""
         super().__init__(*args, **kwargs)
         self._resume: tuple[int, int | None] | None = None
+        # (largest step logged so far, rows logged at it; None when unknown), for checkpoints
+        self._latest: tuple[int, int | None] | None = None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:  # type: ignore[override]
+        """Fabric's ``log_metrics``, counting the rows of the latest step (see :meth:`rows_at_step`)."""
+        super().log_metrics(metrics, step)  # type: ignore[arg-type]
+        if step is None:
+            return
+        latest = self._latest
+        if latest is None or step > latest[0]:
+            self._latest = (int(step), 1)
+        elif step == latest[0]:
+            self._latest = (latest[0], None if latest[1] is None else latest[1] + 1)
+
+    def rows_at_step(self, step: int) -> int | None:
+        """How many rows this logger has logged at ``step``, whoever logged them, if it knows.
+
+        Known when ``step`` is the largest step logged so far (or larger: 0 rows); ``None`` when a
+        later step was logged already, or when a resume kept an unknown number of rows at ``step``.
+        """
+        if self._latest is None or step > self._latest[0]:
+            return 0
+        return self._latest[1] if step == self._latest[0] else None
 
     def resume(self, step: int, rows_at_step: int | None = None) -> None:
         """Keep the rows logged up to the checkpoint and drop later ones.
@@ -65,6 +88,7 @@ class CSVLogger(_FabricCSVLogger):
                 ``None`` keeps every row at ``step``.
         """
         self._resume = (int(step), None if rows_at_step is None else int(rows_at_step))
+        self._latest = self._resume
         if isinstance(self._experiment, _ResumableWriter):
             self._experiment.save()
             self._experiment.truncate_after(*self._resume)
@@ -134,31 +158,26 @@ def _row_step(row: dict[str, str]) -> float:
         return float("nan")
 
 
-def resume_loggers(
-    loggers: list[Logger],
-    step: int,
-    *,
-    rows_at_step: int | None = None,
-    values_at_step: Mapping[str, float] | None = None,
-) -> None:
+def resume_loggers(loggers: list[Logger], step: int, *, rows_at_step: Sequence[int | None] | None = None) -> None:
     """Tell loggers that the run resumes from ``step`` so they drop what was logged after it.
 
-    :class:`CSVLogger` keeps its earlier rows: those of earlier steps and the first
-    ``rows_at_step`` rows of ``step``. A ``TensorBoardLogger`` whose writer is not open yet gets
-    ``purge_step``, which hides the events the interrupted run logged after the checkpoint: with
-    ``values_at_step`` (what had been logged at ``step`` before the checkpoint) the purge starts
-    at ``step`` and those values are logged again, so that values logged at ``step`` after the
-    checkpoint go too; without it the purge starts at ``step + 1``. Other loggers are left alone.
+    :class:`CSVLogger` keeps its earlier rows: those of earlier steps and, of the rows at ``step``,
+    the number it had logged when the checkpoint was taken (all of them if unknown). A
+    ``TensorBoardLogger`` whose writer is not open yet gets ``purge_step=step + 1``, which hides the
+    events logged after ``step`` (TensorBoard purges by step: what the interrupted run logged at
+    ``step`` itself after the checkpoint stays, and appears twice if logged again). Other loggers
+    are left alone.
 
     Args:
         loggers: the tracker's loggers.
         step: the global step of the checkpoint.
-        rows_at_step: rows logged at ``step`` before the checkpoint (``None``: keep them all).
-        values_at_step: key → value logged at ``step`` before the checkpoint.
+        rows_at_step: for each logger, in order, the rows it had logged at ``step`` when the
+            checkpoint was taken (:meth:`CSVLogger.rows_at_step`), ``None`` where unknown.
     """
-    for logger in loggers:
+    counts = list(rows_at_step) if rows_at_step is not None else []
+    for i, logger in enumerate(loggers):
         if isinstance(logger, CSVLogger):
-            logger.resume(step, rows_at_step)
+            logger.resume(step, counts[i] if i < len(counts) else None)
         elif isinstance(logger, TensorBoardLogger):
             kwargs = getattr(logger, "_kwargs", None)
             if getattr(logger, "_experiment", True) is not None or not isinstance(kwargs, dict):
@@ -168,12 +187,7 @@ def resume_loggers(
                     "tracker.load_state_dict before anything is logged."
                 )
                 continue
-            if values_at_step is None:
-                kwargs.setdefault("purge_step", step + 1)
-                continue
-            kwargs.setdefault("purge_step", step)
-            if values_at_step:
-                logger.log_metrics(dict(values_at_step), step=step)
+            kwargs.setdefault("purge_step", step + 1)
 
 
 def flush_loggers(loggers: list[Logger]) -> None:

@@ -25,7 +25,7 @@ from fabricmetrics.exceptions import (
     warn,
 )
 from fabricmetrics.history import History
-from fabricmetrics.loggers import Logger, check_writable, flush_loggers, resume_loggers
+from fabricmetrics.loggers import CSVLogger, Logger, check_writable, flush_loggers, resume_loggers
 from fabricmetrics.needs import name_metrics, parse_needs
 from fabricmetrics.progress import ProgressDisplay
 from fabricmetrics.schedule import Schedule, default_schedule
@@ -134,7 +134,6 @@ class MetricsTracker(CallbackHooks):
         self._stages: dict[str, Stage] = {}
         self._open: dict[str, EpochRecord] = {}
         self._warned: set[str] = set()
-        self._rows_at = (0, 0)  # (step, rows published at that step so far), for resuming loggers
         self.global_step = 0
         self.history = History()
 
@@ -280,13 +279,17 @@ class MetricsTracker(CallbackHooks):
         On rank 0 it also flushes the loggers, so that every row logged up to the checkpoint is on
         disk even if the job is killed before it ends.
         """
+        rows: list[int | None] | None = None
         if self._collectives().is_main:
             flush_loggers(self.loggers)
-        step, rows = self._rows_at
+            rows = [
+                logger.rows_at_step(self.global_step) if isinstance(logger, CSVLogger) else None
+                for logger in self.loggers
+            ]
         return {
             "format": _STATE_FORMAT,
             "global_step": self.global_step,
-            "rows_at_global_step": rows if step == self.global_step else 0,
+            "logger_rows_at_global_step": rows,
             "history": self.history.state_dict(),
             "stages": {name: st.state_dict() for name, st in self._stages.items()},
             "probes": [p.state_dict() if hasattr(p, "state_dict") else {} for p in self._probes],
@@ -320,10 +323,9 @@ class MetricsTracker(CallbackHooks):
         for probe, probe_state in zip(self._probes, state.get("probes", []), strict=False):
             if hasattr(probe, "load_state_dict"):
                 probe.load_state_dict(probe_state)
-        self._rows_at = (self.global_step, int(state.get("rows_at_global_step", 0)))
         if self._collectives().is_main:
-            at_step = {k: v for k, points in self.history.items() for s, v in points if s == self.global_step}
-            resume_loggers(self.loggers, self.global_step, rows_at_step=self._rows_at[1], values_at_step=at_step)
+            rows = state.get("logger_rows_at_global_step")
+            resume_loggers(self.loggers, self.global_step, rows_at_step=rows)
 
     # ----------------------------------------------------------------------------------------------
     def _show(self) -> ProgressDisplay:
@@ -456,7 +458,6 @@ class MetricsTracker(CallbackHooks):
             if new:
                 warn(f"Non-finite values at step {step}, logged as they are: {', '.join(new)}.")
         self.history.record(values, step)
-        self._rows_at = (step, self._rows_at[1] + 1 if self._rows_at[0] == step else 1)
         for logger in self.loggers:
             try:
                 logger.log_metrics(values, step=step)

@@ -97,4 +97,4 @@ def test_counts_that_do_not_fit_are_an_error():
 
 def test_a_non_positive_budget_is_an_error():
     with pytest.raises(ValueError, match="budget_mb must be positive"):
-        LocalCollectives().gather_cat_to_main(torch.zeros(3, 2), [3], index=torch.arange(3), budget_mb=0)
+        LocalCollectives().gather_cat_to_main(torch.zeros(3, 2), [3], budget_mb=0)

@@ -161,16 +161,57 @@ def test_tensorboard_purge_step_is_set_on_resume(tmp_path):
     state = tracker.state_dict()
     state["global_step"] = 41
     tracker.load_state_dict(state)
-    assert tb._kwargs["purge_step"] == 41  # nothing was logged at step 41 before the checkpoint
-    assert tb._experiment is None  # nothing to log again: the writer is not opened
-    plain = TensorBoardLogger(tmp_path, name="r", version=1)
-    resume_loggers([plain], 41)  # without what was logged at the step: keep all of step 41
-    assert plain._kwargs["purge_step"] == 42
+    assert tb._kwargs["purge_step"] == 42
+
+
+def test_csv_rows_at_the_checkpoint_step_are_counted_whoever_logs_them(tmp_path):
+    def make():
+        return MetricsTracker({"m": lambda x: x.mean()}, loggers=[CSVLogger(tmp_path, name="r", version=0)])
+
+    tracker = make()
+    csv_logger = tracker.loggers[0]
+    with tracker:
+        tracker.global_step = 10
+        tracker.log({"a": 1.0})  # through the tracker
+        csv_logger.log_metrics({"lr": 0.1}, step=10)  # straight to the logger (as fabric.log_dict does)
+        tracker.log({"late": 5.0}, step=3)  # an earlier step does not reset the count at step 10
+        state = tracker.state_dict()
+        tracker.log({"after": 2.0})  # logged after the checkpoint: dropped at the resume
+    assert state["logger_rows_at_global_step"] == [2]
+    resumed = make()
+    with resumed:
+        resumed.load_state_dict(state)
+        resumed.log({"b": 3.0})
+    rows = read_csv(os.path.join(resumed.loggers[0].log_dir, "metrics.csv"))
+    assert [(r["step"], [k for k, v in r.items() if v and k != "step"]) for r in rows] == [
+        ("10", ["a"]),
+        ("10", ["lr"]),
+        ("3", ["late"]),
+        ("10", ["b"]),
+    ]
+
+
+def test_a_checkpoint_of_an_earlier_version_keeps_every_row_at_its_step(tmp_path):
+    def make():
+        return MetricsTracker({"m": lambda x: x.mean()}, loggers=[CSVLogger(tmp_path, name="r", version=0)])
+
+    tracker = make()
+    with tracker:
+        tracker.global_step = 10
+        tracker.log({"a": 1.0})
+        state = tracker.state_dict()
+        tracker.log({"after": 2.0})
+    del state["logger_rows_at_global_step"]  # not in checkpoints of earlier versions
+    resumed = make()
+    with resumed:
+        resumed.load_state_dict(state)
+    rows = read_csv(os.path.join(resumed.loggers[0].log_dir, "metrics.csv"))
+    assert [(r["step"], r["a"], r["after"]) for r in rows] == [("10", "1.0", ""), ("10", "", "2.0")]
 
 
 def test_tensorboard_already_writing_at_resume_warns(tmp_path):
     tb = TensorBoardLogger(tmp_path, name="r", version=0)
     tb.log_metrics({"a": 1.0}, step=1)
     with pytest.warns(UserWarning, match="already writing when the tracker resumed"):
-        resume_loggers([tb], 1, rows_at_step=1, values_at_step={"a": 1.0})
+        resume_loggers([tb], 1)
     tb.finalize("success")

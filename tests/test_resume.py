@@ -73,14 +73,27 @@ def tb_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def assert_same_logs(root: Path, tracker: MetricsTracker, reference_root: Path, reference: MetricsTracker) -> None:
-    """CSV rows, history and TensorBoard scalars of a resumed run equal those of the uninterrupted one."""
+def assert_same_logs(
+    root: Path,
+    tracker: MetricsTracker,
+    reference_root: Path,
+    reference: MetricsTracker,
+    *,
+    twice_in_tensorboard: tuple[int, set[str]] = (-1, set()),
+) -> None:
+    """CSV rows, history and TensorBoard scalars of a resumed run equal those of the uninterrupted one.
+
+    ``twice_in_tensorboard``: ``(step, tags)`` whose point at that step TensorBoard holds twice
+    (it purges by step, so what was logged at the checkpoint's step after the checkpoint stays).
+    """
     assert csv_rows(root) == csv_rows(reference_root)
     assert dict(tracker.history) == dict(reference.history)
     reference_tb, resumed_tb = tb_scalars(reference_root), tb_scalars(root)
     assert resumed_tb.keys() == reference_tb.keys()
+    step, tags = twice_in_tensorboard
     for tag, points in reference_tb.items():
-        assert resumed_tb[tag] == points, tag
+        expected = [p for point in points for p in ([point, point] if tag in tags and point[0] == step else [point])]
+        assert resumed_tb[tag] == expected, tag
 
 
 def test_resume_from_an_older_checkpoint_gives_the_rows_of_an_uninterrupted_run(tmp_path):
@@ -135,4 +148,6 @@ def test_a_hard_kill_after_a_checkpoint_between_train_and_val_loses_and_repeats_
     with resumed:
         run_epochs(resumed, range(1, EPOCHS), skip_train_of=1)  # the loop resumes with epoch 1's validation
 
-    assert_same_logs(root, resumed, reference_root, reference)
+    # the validation values at the checkpoint's step: once in the CSV file, twice in TensorBoard
+    val_tags = {"acc/val", "mean_logit/val"}
+    assert_same_logs(root, resumed, reference_root, reference, twice_in_tensorboard=(2 * STEPS, val_tags))

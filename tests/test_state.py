@@ -93,29 +93,71 @@ def macro_f1(y_true, y_pred):
     return f1_score(y_true, y_pred, average="macro")
 
 
+def agreement(y_true, y_pred):  # scikit-learn refuses object arrays of integers
+    return float(np.mean(y_true == y_pred))
+
+
+def as_objects(values):
+    """An object array of NumPy scalars, as a pandas ``object`` column gives."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [np.str_(v) if isinstance(v, str) else np.int64(v) for v in values]
+    return out
+
+
 @pytest.mark.parametrize(
     ("metric", "ys", "ps"),
     [
-        (macro_f1, [np.array([0, 1, 2, 2]), np.array([1, 1, 0])], [np.array([0, 2, 2, 2]), np.array([1, 0, 0])]),
-        (  # string labels (of another width in the second batch)
-            accuracy_score,
-            [np.array(["cat", "dog", "dog"]), np.array(["bird", "cat"])],
-            [np.array(["cat", "cat", "dog"]), np.array(["bird", "dog"])],
+        (
+            macro_f1,
+            [np.array([0, 1, 2, 2]), np.array([1, 1, 0]), np.array([2, 0])],
+            [np.array([0, 2, 2, 2]), np.array([1, 0, 0]), np.array([2, 1])],
         ),
+        (  # string labels, wider in the second batch than in the first
+            accuracy_score,
+            [np.array(["cat", "dog"]), np.array(["bird", "bird"]), np.array(["cat"])],
+            [np.array(["cat", "dog"]), np.array(["bird", "birch"]), np.array(["cat"])],
+        ),
+        (
+            accuracy_score,
+            [as_objects(["cat", "dog"]), as_objects(["bird", "bird"]), as_objects(["cat"])],
+            [as_objects(["cat", "dog"]), as_objects(["bird", "birch"]), as_objects(["dog"])],
+        ),
+        (agreement, [as_objects([1, 2]), as_objects([3])], [as_objects([1, 1]), as_objects([3])]),
     ],
-    ids=["numbers", "strings"],
+    ids=["numbers", "strings", "object strings", "object integers"],
 )
 def test_exact_mode_numpy_chunks_survive_a_checkpoint(tmp_path, metric, ys, ps):
     tracker = MetricsTracker({"m": metric})
     with pytest.raises(KeyboardInterrupt), tracker.epoch("val"):
-        tracker.step("val", {"y_true": ys[0], "y_pred": ps[0]})
+        for y, p in zip(ys[:-1], ps[:-1], strict=True):
+            tracker.step("val", {"y_true": y, "y_pred": p})
         torch.save(tracker.state_dict(), tmp_path / "c.pt")
         raise KeyboardInterrupt
     resumed = MetricsTracker({"m": metric})
     resumed.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
     with resumed.epoch("val") as epoch:
-        resumed.step("val", {"y_true": ys[1], "y_pred": ps[1]})
+        resumed.step("val", {"y_true": ys[-1], "y_pred": ps[-1]})
     assert epoch.results == {"m/val": pytest.approx(metric(np.concatenate(ys), np.concatenate(ps)))}
+
+
+def test_exact_mode_datetimes_survive_a_checkpoint(tmp_path):
+    def span_days(t):
+        return float((t.max() - t.min()) / np.timedelta64(1, "D"))
+
+    days = [
+        np.array(["2026-01-01", "2026-01-05"], dtype="datetime64[s]"),
+        np.array(["2026-02-01"], dtype="datetime64[s]"),
+    ]
+    tracker = MetricsTracker({"span": span_days})
+    with pytest.raises(KeyboardInterrupt), tracker.epoch("val"):
+        tracker.step("val", {"t": days[0]})
+        torch.save(tracker.state_dict(), tmp_path / "c.pt")
+        raise KeyboardInterrupt
+    resumed = MetricsTracker({"span": span_days})
+    resumed.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True))
+    with resumed.epoch("val") as epoch:
+        resumed.step("val", {"t": days[1]})
+    assert epoch.results == {"span/val": 31.0}
 
 
 def test_unknown_state_format_is_an_error():
@@ -135,36 +177,33 @@ def test_torchmetrics_states_are_restored_onto_the_metric():
 
 def test_a_state_of_other_metrics_is_refused_and_changes_nothing():
     batches = classification_batches([6, 6])
-    closed = MetricsTracker({"acc": MulticlassAccuracy(num_classes=4)})
-    with closed.epoch("val"):
-        closed.step("val", batches[0])
-    # same name, another kind: a torchmetric's state into an exact-mode callable
-    other_kind = MetricsTracker({"acc": accuracy_score})
-    with pytest.raises(
-        ConfigurationError, match=r"metrics of another kind \(checkpoint, now\): \{'acc': \('torchmetric', 'exact'\)\}"
-    ):
-        other_kind.load_state_dict(closed.state_dict())
-    assert other_kind.global_step == 0 and dict(other_kind.history) == {}
-    # between closed epochs, metrics may be added: the history continues
-    added = MetricsTracker({"acc": MulticlassAccuracy(num_classes=4), "f1": MulticlassAccuracy(num_classes=4)})
-    added.load_state_dict(closed.state_dict())
-    assert added.history["acc/val"] == closed.history["acc/val"]
-    # an epoch in progress needs exactly the same metrics
-    with pytest.raises(KeyboardInterrupt), closed.epoch("val"):
-        closed.step("val", batches[1])
-        state = closed.state_dict()
+    tracker = MetricsTracker({"acc": MulticlassAccuracy(num_classes=4)})
+    with tracker.epoch("val"):
+        tracker.step("val", batches[0])
+    # between epochs, metrics may change: added, or of another kind; the history continues
+    changed = MetricsTracker({"acc": accuracy_score, "f1": MulticlassAccuracy(num_classes=4)})
+    changed.load_state_dict(tracker.state_dict())
+    assert changed.history["acc/val"] == tracker.history["acc/val"]
+    # an epoch in progress needs exactly the same metrics, of the same kinds
+    with pytest.raises(KeyboardInterrupt), tracker.epoch("val"):
+        tracker.step("val", batches[1])
+        state = tracker.state_dict()
         raise KeyboardInterrupt
-    with pytest.raises(
-        ConfigurationError, match=r"its open epoch holds the metrics \['acc'\], this tracker has \['acc', 'f1'\]"
-    ):
-        MetricsTracker(
-            {"acc": MulticlassAccuracy(num_classes=4), "f1": MulticlassAccuracy(num_classes=4)}
-        ).load_state_dict(state)
-    renamed = MetricsTracker({"accuracy": MulticlassAccuracy(num_classes=4)})
-    with pytest.raises(
-        ConfigurationError, match=r"its open epoch holds the metrics \['acc'\], this tracker has \['accuracy'\]"
-    ):
-        renamed.load_state_dict(state)
+    candidates = {
+        "other kind": {"acc": accuracy_score},
+        "one more": {"acc": MulticlassAccuracy(num_classes=4), "f1": MulticlassAccuracy(num_classes=4)},
+        "renamed": {"accuracy": MulticlassAccuracy(num_classes=4)},
+    }
+    older = {**state, "stages": {"val": {**state["stages"]["val"]}}}  # as saved by an earlier version
+    del older["stages"]["val"]["kinds"]
+    for name, metrics in candidates.items():
+        for checkpoint in (state, older):
+            if checkpoint is older and name == "other kind":
+                continue  # an earlier version did not record kinds
+            refused = MetricsTracker(metrics)
+            with pytest.raises(ConfigurationError, match=r"epoch of stage `val` in progress holds the metrics"):
+                refused.load_state_dict(checkpoint)
+            assert refused.global_step == 0 and dict(refused.history) == {}, name  # nothing changed
 
 
 def test_an_epoch_in_progress_resumes_only_with_its_num_samples():
