@@ -57,7 +57,7 @@ class CSVLogger(_FabricCSVLogger):
         # (largest step logged so far, rows logged at it; None when unknown), for checkpoints
         self._latest: tuple[int, int | None] | None = None
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:  # type: ignore[override]
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Fabric's ``log_metrics``, counting the rows of the latest step (see :meth:`rows_at_step`)."""
         super().log_metrics(metrics, step)  # type: ignore[arg-type]
         if step is None:
