@@ -145,19 +145,15 @@ class Collector:
         """
         self._finish_copies()  # compute_on_cpu copies are non-blocking: wait before anything reads them
         numpy = {str(i): str(cs[0].dtype) for i, cs in self.chunks.items() if cs and isinstance(cs[0], np.ndarray)}
-        return {
-            "chunks": {str(i): [_to_state(c) for c in cs] for i, cs in self.chunks.items()},
-            "numpy": list(numpy),
-            "numpy_dtypes": numpy,
-        }
+        return {"chunks": {str(i): [_to_state(c) for c in cs] for i, cs in self.chunks.items()}, "numpy_dtypes": numpy}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        dtypes = state.get("numpy_dtypes") or {}
-        as_numpy = set(state["numpy"])
+        """Restore :meth:`state_dict` (also that of earlier versions, which list the NumPy sources only)."""
+        dtypes = state.get("numpy_dtypes")
+        if dtypes is None:
+            dtypes = dict.fromkeys(state["numpy"])
         self.chunks = {
-            int(i): [_from_state(c, dtypes.get(i)) if i in as_numpy else c for c in cs]
-            for i, cs in state["chunks"].items()
+            int(i): [_from_state(c, dtypes[i]) if i in dtypes else c for c in cs] for i, cs in state["chunks"].items()
         }
 
 

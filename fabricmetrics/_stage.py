@@ -117,14 +117,13 @@ class Stage:
         values = self._extract(outputs)
         n = batch_size if batch_size is not None else _batch_size(values)
         self._check_devices(values)
-        only_padding = False
+        rows = n
         if padded:  # count every step's samples, so that the padding is found on any later step
-            only_padding = n > 0
             values, n = self._drop_padding(values, n)
             if not (log_step or self.accumulating):
                 return {}
         if n == 0:
-            if not only_padding:  # a batch of the sampler's padding alone is not an empty batch
+            if rows == 0:  # a batch of the sampler's padding alone is not an empty batch
                 self.empty_batches += 1
             return {}
         accumulate = self.accumulating
@@ -436,8 +435,7 @@ class Stage:
     # state
     def kinds(self) -> dict[str, str]:
         """Each metric's kind in this stage: ``"torchmetric"``, ``"per_step"`` or ``"exact"``."""
-        names = {TorchmetricBound: "torchmetric", PerStepBound: "per_step", ExactBound: "exact"}
-        return {n: names[type(b)] for n, b in self.bounds.items()}
+        return {n: b.kind for n, b in self.bounds.items()}
 
     def check_state(self, state: Mapping[str, Any], world_size: int, rank: int) -> None:
         """Raise if :meth:`load_state_dict` cannot restore ``state`` into this stage on this rank.

@@ -112,9 +112,11 @@ class Bound:
 
     Attributes:
         name: the metric's name.
+        kind: ``"torchmetric"``, ``"per_step"`` or ``"exact"`` (recorded in checkpoints).
     """
 
     name: str
+    kind: str
 
     def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """The metric's value on one batch (rank-local), for step-level logging."""
@@ -143,6 +145,8 @@ class TorchmetricBound(Bound):
     Attributes:
         leader: the metric whose state this one shares, or ``None``.
     """
+
+    kind = "torchmetric"
 
     def __init__(self, name: str, metric: Metric) -> None:
         """Clone ``metric`` for one stage.
@@ -244,6 +248,8 @@ class _CallableBound(Bound):
 class PerStepBound(_CallableBound):
     """A callable computed on every batch; the epoch value is the batch-size-weighted mean."""
 
+    kind = "per_step"
+
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         """Bind ``fn`` with an empty weighted sum."""
         super().__init__(name, fn)
@@ -283,6 +289,8 @@ class PerStepBound(_CallableBound):
 class ExactBound(_CallableBound):
     """A callable computed once on the arguments collected over the whole epoch."""
 
+    kind = "exact"
+
     def compute(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Apply the callable to the epoch's arguments (gathered over ranks)."""
         return self.step_value(args, kwargs)
@@ -305,7 +313,7 @@ def _as_vector(name: str, value: Any, keys: list[str] | None) -> tuple[Any, list
         if tensors and len({t.device for t in tensors}) == 1:  # numbers join the tensors on their device
             # (a fill, not a copy): no host sync
             device = tensors[0].device
-            dtype = torch.float32 if device.type == "mps" else torch.float64
+            dtype = _float_dtype(device)
             vector = torch.stack(
                 [
                     v.detach().reshape(()).to(dtype)
@@ -317,13 +325,18 @@ def _as_vector(name: str, value: Any, keys: list[str] | None) -> tuple[Any, list
         else:
             vector = np.asarray([float(np.asarray(to_numpy(v))) for v in scalars], dtype=np.float64)
     if isinstance(vector, torch.Tensor):
-        vector = vector.to(torch.float32 if vector.device.type == "mps" else torch.float64)
+        vector = vector.to(_float_dtype(vector.device))
     if keys is not None and keys != new_keys:
         raise MetricError(
             f"Metric `{name}` returned values named {new_keys} on this batch but {keys} on earlier batches; a "
             "per-step metric must return the same kind of value on every batch."
         )
     return vector, new_keys
+
+
+def _float_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of per-step sums: float64, or float32 where the device has no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _detach(value: Any) -> Any:

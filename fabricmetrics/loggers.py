@@ -84,7 +84,7 @@ class CSVLogger(_FabricCSVLogger):
         Args:
             step: the global step of the checkpoint the run resumes from.
             rows_at_step: how many rows had been logged *at* ``step`` when the checkpoint was
-                taken (the tracker counts its own); the later rows at ``step`` are dropped too.
+                taken (:meth:`rows_at_step` at the checkpoint); the later rows at ``step`` are dropped too.
                 ``None`` keeps every row at ``step``.
         """
         self._resume = (int(step), None if rows_at_step is None else int(rows_at_step))

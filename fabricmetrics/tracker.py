@@ -301,9 +301,9 @@ class MetricsTracker(CallbackHooks):
         Args:
             state: what :meth:`state_dict` returned.
 
-        Metrics may be added or removed between closed epochs (a new metric starts with the next
-        epoch); a metric of the same name must keep its kind (torchmetric, per-step or exact), and an
-        epoch that was open when the state was saved needs exactly the same metrics.
+        Between epochs, metrics may be added, removed or changed (a new metric starts with the next
+        epoch). An epoch that was open when the state was saved needs exactly the same metrics, of
+        the same kinds (torchmetric, per-step or exact), on the rank that saved it.
 
         Raises:
             ConfigurationError: the state is of another format, or its metrics do not fit (nothing
@@ -323,7 +323,7 @@ class MetricsTracker(CallbackHooks):
         for probe, probe_state in zip(self._probes, state.get("probes", []), strict=False):
             if hasattr(probe, "load_state_dict"):
                 probe.load_state_dict(probe_state)
-        if self._collectives().is_main:
+        if collectives.is_main:
             rows = state.get("logger_rows_at_global_step")
             resume_loggers(self.loggers, self.global_step, rows_at_step=rows)
 
