@@ -116,8 +116,13 @@ class History(Mapping[str, list[tuple[int, float]]]):
         A key's panel is the part before its last ``/`` and its curve is labelled by the last part:
         ``acc/train``, ``acc/val`` and ``acc/train_step`` share the panel ``acc``;
         ``LogisticRegression/accuracy`` and ``LogisticRegression/f1_macro`` share
-        ``LogisticRegression``. Step-level curves (``*_step``) are drawn thin and light behind the
-        epoch-level ones, in the colour of their stage. See :func:`fabricmetrics.plotting.plot_history`.
+        ``LogisticRegression``. Panels come in the order the run first logged them; epochs are
+        numbered on a second axis above the steps (where ``*/train`` values were logged); the best
+        and the last epoch-level values are marked and written in the legend, and a loss or an
+        error says "lower is better". Step-level curves (``*_step``) are drawn thin and light
+        behind the epoch-level ones, in the colour of their stage; probe panels show their main
+        score unless ``keys`` are given. See :mod:`fabricmetrics.plotting`, and
+        :func:`fabricmetrics.plotting.plot_runs` to compare runs.
 
         Args:
             keys: the keys to draw, exact or as glob patterns (``"acc/*"``, ``"*/val"``); all of
@@ -139,9 +144,9 @@ class History(Mapping[str, list[tuple[int, float]]]):
             >>> h.record({"acc/train": 0.7, "acc/val": 0.65, "loss/train": 0.9}, step=30)
             >>> fig = h.plot(title="demo")
             >>> [ax.get_title() for ax in fig.axes]
-            ['acc', 'loss']
-            >>> [line.get_label() for line in fig.axes[0].get_lines()]
-            ['train_step', 'train', 'val']
+            ['acc', 'loss (lower is better)']
+            >>> [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+            ['train  last 0.7 (best)', 'train_step', 'val  last 0.65 (best)']
             >>> import matplotlib.pyplot as plt
             >>> plt.close(fig)
         """

@@ -1,12 +1,14 @@
 """Live progress display of a training loop, on rank 0.
 
-:class:`ProgressDisplay` shows, for each stage, the epoch, the steps done (of the total when the
-loader has a length), the elapsed time, the speed and the latest values. On a terminal it is a
-``rich`` live table redrawn at most every ``refresh_s`` seconds, above which each finished epoch
-leaves a summary line; elsewhere (a log file, a batch
-job, a notebook) it prints one plain line per stage every ``line_every_s`` seconds and one at the
-end of each epoch; on other ranks it does nothing. The tracker feeds it when built with
-``progress=True``; it can also be driven by hand.
+:class:`ProgressDisplay` shows, for each stage, the epoch, the steps done (of the total when it is
+given, e.g. ``tracker.epoch("train", total=len(loader))``), the elapsed time, the speed and the
+latest values. On a terminal it is a ``rich`` live table of the epochs in progress, redrawn at most
+every ``refresh_s`` seconds, above which each finished epoch leaves one summary line (the table is
+cleared when the display closes, so no epoch is shown twice); elsewhere (a log file, a batch job, a
+notebook) it prints one plain line per stage every ``line_every_s`` seconds and one at the end of
+each epoch. :meth:`ProgressDisplay.results` adds a line for values computed between epochs (probe
+scores). On other ranks it does nothing. The tracker feeds it when built with ``progress=True``; it
+can also be driven by hand.
 
 A step costs a dictionary lookup and a clock read unless a redraw is due: the values it receives
 are already Python floats (nothing here touches a device), and they are formatted only when drawn.
@@ -194,13 +196,37 @@ class ProgressDisplay:
             self._redraw(now)
         self._line(state, now)  # kept in the scrollback above the live table
 
+    def results(self, title: str, values: Mapping[str, float]) -> None:
+        """Show values computed outside a stage's steps, such as probe scores after a train epoch.
+
+        They get one line of their own (above the live table on a terminal), shown at once.
+
+        Args:
+            title: what the values are, e.g. ``"probe after train epoch 3"``.
+            values: key → float (nothing is shown when empty).
+        """
+        if not values or self.mode == "off":
+            return
+        shown = [f"{key} {value:.4g}" for key, value in list(values.items())[: self.max_values]]
+        if len(values) > self.max_values:
+            shown.append("…")
+        self._print("  ".join([title, *shown]))
+
     def close(self) -> None:
-        """Draw the final state and stop the live display (safe to call more than once)."""
+        """Stop the live display (safe to call more than once).
+
+        The live table is cleared: finished epochs already left their summary line above it, and an
+        epoch still in progress (an interrupted run) leaves one now.
+        """
         if self._live is not None:
-            self._redraw(time.monotonic())
+            now = time.monotonic()
+            self._live.update(Text(""), refresh=True)
             self._live.stop()
             self._live = None
             atexit.unregister(self.close)
+            for state in self._stages.values():
+                if state.end is None:
+                    self._line(state, now)
 
     def __enter__(self) -> ProgressDisplay:
         """Use as a context manager that closes the display."""
@@ -219,18 +245,19 @@ class ProgressDisplay:
         for column in ("stage", "bar", "count", "time", "speed", "values"):
             table.add_column(column, no_wrap=True, overflow="ellipsis" if column == "values" else "fold")
         for state in self._stages.values():
-            end = now if state.end is None else state.end
+            if state.end is not None:  # its summary line is above the table
+                continue
             table.add_row(
                 Text(state.title(), style="bold"),
                 ProgressBar(total=state.total, completed=state.steps, width=28, pulse=state.total is None),
                 state.count(),
-                _clock(end - state.start),
+                _clock(now - state.start),
                 state.speed(now),
-                Text(state.shown_values(self.max_values), style="dim" if state.end is None else ""),
+                Text(state.shown_values(self.max_values), style="dim"),
             )
         if self._live is None:
             assert self._console is not None
-            self._live = Live(table, console=self._console, auto_refresh=False, transient=False)
+            self._live = Live(table, console=self._console, auto_refresh=False, transient=True)
             self._live.start(refresh=True)
             atexit.register(self.close)  # give the terminal its cursor back even without close()
         else:
@@ -242,7 +269,10 @@ class ProgressDisplay:
         title = state.title() if state.end is None else f"{state.title()} done"
         parts = [title, state.count(), _clock(end - state.start), state.speed(now)]
         parts.append(state.shown_values(self.max_values))
-        line = "  ".join(part for part in parts if part)
+        self._print("  ".join(part for part in parts if part))
+
+    def _print(self, line: str) -> None:
+        assert self._console is not None
         if self._live is not None:
             self._console.print(Text(line), soft_wrap=True)  # above the live table
         else:

@@ -164,3 +164,33 @@ def test_the_tracker_feeds_the_display_on_rank_zero(capsys):
             tracker.step("val", out)
     printed = capsys.readouterr().out
     assert "val epoch 1" in printed and "acc 0.5" in printed
+
+
+def test_rich_shows_each_finished_epoch_once():
+    console, out = terminal()
+    with ProgressDisplay(console=console, refresh_s=0) as display:
+        for epoch in (1, 2):
+            run_epoch(display, "train", epoch, steps=3, total=3, results={"acc/train": 0.5 + epoch / 10})
+    text = out.getvalue()
+    # each epoch leaves one summary line; the live table is cleared at the end, so the last epoch is not repeated
+    assert len(re.findall(r"train epoch 2 done", text)) == 1
+    assert text.count("acc 0.7") == 1
+
+
+def test_an_interrupted_epoch_leaves_its_line_when_the_display_closes():
+    console, out = terminal()
+    display = ProgressDisplay(console=console, refresh_s=0)
+    display.epoch_started("train", 1, total=10)
+    display.step("train", {"loss/train_step": 0.25})
+    display.close()
+    assert re.search(r"train epoch 1  1/10  0:00:00  .*loss 0.25", out.getvalue())
+
+
+def test_results_get_a_line_of_their_own(capsys):
+    display = ProgressDisplay(max_values=2)
+    display.results("probe after train epoch 1", {"LogisticRegression/accuracy": 0.875, "a": 1.0, "b": 2.0})
+    display.results("nothing", {})
+    assert capsys.readouterr().out == "probe after train epoch 1  LogisticRegression/accuracy 0.875  a 1  …\n"
+    silent = ProgressDisplay(is_main=False)
+    silent.results("probe", {"x": 1.0})
+    assert capsys.readouterr().out == ""
