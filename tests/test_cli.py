@@ -107,6 +107,48 @@ def test_usage_errors_and_help(capsys):
     assert "--keys" in capsys.readouterr().out
 
 
+def test_version_and_defaults_in_help(capsys):
+    from fabricmetrics import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"fabricmetrics {__version__}\n"
+    assert main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: runs/demo)" in text and "(default: 10)" in text
+    assert main(["plot", "--help"]) == 0
+    assert "(default: None)" not in capsys.readouterr().out
+
+
+def several_runs(root):
+    for name, hits in (("baseline", 1), ("wider", 3)):
+        tracker = MetricsTracker({"acc": accuracy_score}, loggers=[CSVLogger(root, name=name, version=0)])
+        with tracker:
+            for _ in range(2):
+                with tracker.epoch("train"):
+                    tracker.step("train", {"y_true": np.ones(4), "y_pred": np.arange(4) < hits})
+                with tracker.epoch("val"):
+                    tracker.step("val", {"y_true": np.ones(4), "y_pred": np.arange(4) < hits})
+
+
+def test_plot_of_a_folder_of_several_runs_draws_them_together(tmp_path, capsys):
+    several_runs(tmp_path / "runs")
+    assert main(["plot", str(tmp_path / "runs"), "--title", "two runs"]) == 0
+    output = tmp_path / "runs" / "metrics.png"
+    assert output.read_bytes()[:8] == PNG
+    assert capsys.readouterr().out == f"Read 2 runs under {tmp_path / 'runs'} (baseline, wider); wrote {output}\n"
+    import matplotlib.pyplot as plt
+
+    from fabricmetrics.cli import _runs_under
+
+    assert list(_runs_under(tmp_path / "runs")) == ["baseline", "wider"]
+    assert _runs_under(tmp_path / "runs" / "baseline") == {}  # one run: drawn alone
+    logger = CSVLogger(tmp_path / "runs", name="baseline", version=1)
+    logger.log_metrics({"acc/val": 1.0}, step=1)
+    logger.finalize("success")
+    assert list(_runs_under(tmp_path / "runs")) == ["baseline/version_0", "baseline/version_1", "wider/version_0"]
+    plt.close("all")
+
+
 def test_console_script_entry_point():
     (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "fabricmetrics"]
     assert entry.value == "fabricmetrics.cli:main"
@@ -119,7 +161,16 @@ def test_demo_writes_logs_and_plots(tmp_path, capsys):
     for part in ("supervised", "ssl"):
         assert (tmp_path / "demo" / f"{part}.png").stat().st_size > 10_000
         assert (tmp_path / "demo" / part / "version_0" / "metrics.csv").exists()
-    assert "LogisticRegression/accuracy" in printed and "tensorboard --logdir" in printed
+    assert re.search(r"linear-probe accuracy 0\.\d{3}", printed)
+    assert re.search(r"train epoch 1 done  23/23 .*acc 0\.\d", printed)  # the loader's length is the total
+    assert "pip install tensorboard  &&  tensorboard --logdir" in printed
+    for where in (tmp_path / "demo" / "supervised.png", tmp_path / "demo" / "ssl" / "version_0"):
+        assert f"  {where}\n" in printed
+    assert f"fabricmetrics plot {tmp_path / 'demo'}\n" in printed
+    assert main(["plot", str(tmp_path / "demo")]) == 0  # the command it prints works: both parts in one figure
+    assert capsys.readouterr().out == (
+        f"Read 2 runs under {tmp_path / 'demo'} (ssl, supervised); wrote {tmp_path / 'demo' / 'metrics.png'}\n"
+    )
 
 
 def test_demo_rejects_zero_epochs(capsys):
