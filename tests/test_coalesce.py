@@ -1,0 +1,337 @@
+"""Coalesced updates leave every state exactly as one update per step would."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import pytest
+import torch
+from torchmetrics import Metric
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryConfusionMatrix,
+    BinaryF1Score,
+    BinaryHingeLoss,
+    MulticlassAccuracy,
+    MulticlassCohenKappa,
+    MulticlassConfusionMatrix,
+    MulticlassExactMatch,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MulticlassMatthewsCorrCoef,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MulticlassSpecificity,
+    MulticlassStatScores,
+    MultilabelAccuracy,
+    MultilabelConfusionMatrix,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
+from torchmetrics.regression import MeanSquaredError
+
+from fabricmetrics import _tm
+from fabricmetrics._coalesce import Coalescer, eligible
+
+SIZES = [7, 7, 7, 7, 7, 3, 7, 7, 1, 7, 7, 5]  # uneven, with a short step in the middle (flushes mid-run)
+C = 4
+
+
+def multiclass_logits(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, C, generator=g) * 3, torch.randint(0, C, (n,), generator=g)
+
+
+def multiclass_labels(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, C, (n,), generator=g), torch.randint(0, C, (n,), generator=g)
+
+
+def multiclass_multidim(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, C, 3, generator=g), torch.randint(0, C, (n, 3), generator=g)
+
+
+def with_ignored(make: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    def inputs(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        preds, target = make(g, n)
+        target = torch.where(torch.rand(target.shape, generator=g) < 0.2, torch.full_like(target, -1), target)
+        return preds, target
+
+    return inputs
+
+
+def binary_labels(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, 2, (n,), generator=g), torch.randint(0, 2, (n,), generator=g)
+
+
+def multilabel_labels(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randint(0, 2, (n, 3), generator=g), torch.randint(0, 2, (n, 3), generator=g)
+
+
+def multilabel_mixed_floats(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits on some steps, probabilities on others: the per-call sigmoid trap."""
+    preds = torch.randn(n, 3, generator=g) * 2
+    if torch.rand((), generator=g) < 0.5:
+        preds = preds.sigmoid() * 0.6 + 0.2  # within [0, 1]: no sigmoid on this call
+    return preds, torch.randint(0, 2, (n, 3), generator=g)
+
+
+# every kind of coalesced update, with the inputs that reach each of its branches
+KINDS: dict[str, tuple[Callable[[], Metric], Callable[..., tuple[torch.Tensor, ...]]]] = {
+    "multiclass stat scores, micro, logits": (lambda: MulticlassAccuracy(C, average="micro"), multiclass_logits),
+    "multiclass stat scores, macro, logits": (lambda: MulticlassF1Score(C), multiclass_logits),
+    "multiclass stat scores, none, labels": (
+        lambda: MulticlassStatScores(C, average="none"),
+        multiclass_labels,
+    ),
+    "multiclass stat scores, top-2": (lambda: MulticlassPrecision(C, top_k=2), multiclass_logits),
+    "multiclass stat scores, ignore_index": (
+        lambda: MulticlassRecall(C, ignore_index=-1),
+        with_ignored(multiclass_logits),
+    ),
+    "multiclass stat scores, extra dims": (lambda: MulticlassSpecificity(C), multiclass_multidim),
+    "multiclass confusion matrix": (lambda: MulticlassConfusionMatrix(C), multiclass_logits),
+    "multiclass confusion matrix, ignore_index": (
+        lambda: MulticlassJaccardIndex(C, ignore_index=-1),
+        with_ignored(multiclass_logits),
+    ),
+    "multiclass Matthews": (lambda: MulticlassMatthewsCorrCoef(C), multiclass_labels),
+    "multiclass Cohen's kappa": (lambda: MulticlassCohenKappa(C), multiclass_logits),
+    "multiclass exact match": (lambda: MulticlassExactMatch(C), multiclass_multidim),
+    "binary stat scores, labels": (lambda: BinaryF1Score(), binary_labels),
+    "binary confusion matrix, labels": (lambda: BinaryConfusionMatrix(), binary_labels),
+    "multilabel stat scores, labels": (lambda: MultilabelF1Score(3), multilabel_labels),
+    "multilabel stat scores, mixed floats": (lambda: MultilabelAccuracy(3), multilabel_mixed_floats),
+    "multilabel confusion matrix, labels": (lambda: MultilabelConfusionMatrix(3), multilabel_labels),
+    "multilabel exact match, labels": (lambda: MultilabelExactMatch(3), multilabel_labels),
+}
+
+
+def assert_same_state(coalesced: Metric, reference: Metric) -> None:
+    mine, theirs = _tm.state(coalesced), _tm.state(reference)
+    assert mine.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert mine[key].dtype == value.dtype, key
+        assert torch.equal(mine[key], value), key
+    assert coalesced.update_count == reference.update_count
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("max_steps", [3, 64])
+def test_coalesced_state_equals_per_step_updates(kind, max_steps):
+    make, inputs = KINDS[kind]
+    reference, coalesced = make(), make()
+    assert eligible(coalesced)
+    coalescer = Coalescer([coalesced], max_steps=max_steps)
+    g = torch.Generator().manual_seed(1)
+    for i, n in enumerate(SIZES):
+        preds, target = inputs(g, n)
+        reference.update(preds, target)
+        if i >= len(SIZES) // 2:  # another argument layout from here on: a flush in between
+            coalescer.update([preds], {"target": target})
+        else:
+            coalescer.update([preds, target], {})
+    coalescer.flush()
+    assert coalescer.pending == 0
+    assert_same_state(coalesced, reference)
+    torch.testing.assert_close(coalesced.compute(), reference.compute(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_several_metrics_share_one_buffer():
+    makers = [
+        lambda: MulticlassAccuracy(C, average="micro"),
+        lambda: MulticlassF1Score(C),
+        lambda: MulticlassConfusionMatrix(C),
+    ]
+    references, coalesced = [m() for m in makers], [m() for m in makers]
+    coalescer = Coalescer(coalesced, max_steps=4)
+    g = torch.Generator().manual_seed(2)
+    for n in SIZES:
+        preds, target = multiclass_logits(g, n)
+        for ref in references:
+            ref.update(preds, target)
+        coalescer.update([preds, target], {})
+    coalescer.flush()
+    for mine, ref in zip(coalesced, references, strict=True):
+        assert_same_state(mine, ref)
+
+
+@pytest.mark.parametrize("make", [BinaryAccuracy, BinaryConfusionMatrix])
+def test_binary_logits_and_probabilities_equal_per_step_updates(make):
+    # one batch of logits (sigmoid applied by the update) and one of probabilities (used as they are)
+    logits = torch.tensor([-2.0, 3.0, 0.3, -0.1, 1.5])
+    probabilities = torch.tensor([0.4, 0.45, 0.7, 0.2, 0.55])
+    target = torch.tensor([0, 1, 1, 0, 1])
+    reference = make()
+    reference.update(logits, target)
+    reference.update(probabilities, target)
+    naive = make()  # what buffering the float batches together would do: one sigmoid for all
+    naive.update(torch.cat([logits, probabilities]), torch.cat([target, target]))
+    naive_state, reference_state = _tm.state(naive), _tm.state(reference)
+    assert not all(torch.equal(naive_state[k], reference_state[k]) for k in reference_state)
+
+    coalesced = make()
+    coalescer = Coalescer([coalesced], max_steps=8)
+    coalescer.update([logits, target], {})
+    coalescer.update([probabilities, target], {})
+    assert coalescer.pending == 0  # float preds of a binary update are never buffered
+    coalescer.flush()
+    assert_same_state(coalesced, reference)
+
+
+def test_binary_labels_are_buffered():
+    coalescer = Coalescer([BinaryAccuracy()], max_steps=8)
+    for _ in range(3):
+        coalescer.update([torch.tensor([0, 1, 1]), torch.tensor([1, 1, 0])], {})
+    assert coalescer.pending == 3
+
+
+class CountingCalls(Metric):
+    """Integer sum states, but not row-additive: counts its update calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("calls", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.calls += 1
+
+    def compute(self) -> torch.Tensor:
+        return self.calls
+
+
+class OwnUpdate(MulticlassAccuracy):
+    """A known class with its update replaced."""
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds[:1], target[:1])
+
+
+class ExtraFloatState(MulticlassAccuracy):
+    """A known update with a float state added."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+
+class ExtraMaxState(MulticlassAccuracy):
+    """A known update with an integer state reduced by max."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_state("peak", torch.tensor(0), dist_reduce_fx="max")
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        (MulticlassAccuracy(C), True),
+        (MulticlassStatScores(C, multidim_average="samplewise"), False),  # list states
+        (MeanSquaredError(), False),  # float sums
+        (BinaryHingeLoss(), False),  # a float sum next to an integer one
+        (BinaryAUROC(), False),  # concatenated lists
+        (CountingCalls(), False),  # integer sums, update not known to be row-additive
+        (OwnUpdate(C), False),
+        (ExtraFloatState(C), False),
+        (ExtraMaxState(C), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Metric) else str(v),
+)
+def test_eligible(metric, expected):
+    assert eligible(metric) is expected
+
+
+def test_coalescer_refuses_ineligible_metrics():
+    with pytest.raises(ValueError, match="eligible"):
+        Coalescer([CountingCalls()])
+
+
+def test_memory_is_bounded():
+    metric = MulticlassAccuracy(C)
+    row_bytes = C * 4 + 8  # float32 logits and int64 labels
+    coalescer = Coalescer([metric], max_steps=100, max_bytes=10 * 16 * row_bytes)
+    g = torch.Generator().manual_seed(3)
+    reference = MulticlassAccuracy(C)
+    for _ in range(25):
+        preds, target = multiclass_logits(g, 16)
+        reference.update(preds, target)
+        coalescer.update([preds, target], {})
+        assert coalescer.pending <= 10
+        assert sum(b.numel() * b.element_size() for b in coalescer._buffers) <= 10 * 16 * row_bytes
+    coalescer.flush()
+    assert_same_state(metric, reference)
+
+
+def test_too_large_steps_go_straight_to_update():
+    metric = MulticlassAccuracy(C)
+    coalescer = Coalescer([metric], max_steps=8, max_bytes=100)  # not even two rows of 4 logits + a label
+    preds, target = multiclass_logits(torch.Generator().manual_seed(4), 6)
+    coalescer.update([preds, target], {})
+    assert coalescer.pending == 0 and metric.update_count == 1
+
+
+def test_unbufferable_steps_go_straight_to_update():
+    metric, reference = MulticlassAccuracy(C), MulticlassAccuracy(C)
+    coalescer = Coalescer([metric], max_steps=8)
+    g = torch.Generator().manual_seed(5)
+    preds, target = multiclass_logits(g, 5)
+    coalescer.update([preds, target], {})
+    reference.update(preds, target)
+    labels = multiclass_labels(g, 4)  # another layout: the buffered step is flushed first
+    coalescer.update(list(labels), {})
+    reference.update(*labels)
+    empty = (torch.empty(0, C), torch.empty(0, dtype=torch.long))
+    with pytest.raises(RuntimeError) as per_step:
+        reference.update(*empty)
+    with pytest.raises(RuntimeError) as coalesced:  # the same error, on the same step
+        coalescer.update(list(empty), {})
+    assert str(coalesced.value) == str(per_step.value)
+    coalescer.flush()
+    assert_same_state(metric, reference)
+
+
+def test_discard_forgets_buffered_steps():
+    metric = MulticlassAccuracy(C)
+    coalescer = Coalescer([metric], max_steps=8)
+    preds, target = multiclass_logits(torch.Generator().manual_seed(6), 5)
+    coalescer.update([preds, target], {})
+    metric.reset()
+    coalescer.discard()
+    coalescer.flush()
+    assert metric.update_count == 0 and int(metric.tp.sum()) == 0
+
+
+def test_buffer_holds_copies_not_the_callers_tensors():
+    metric, reference = MulticlassAccuracy(C), MulticlassAccuracy(C)
+    coalescer = Coalescer([metric], max_steps=8)
+    preds, target = multiclass_logits(torch.Generator().manual_seed(7), 5)
+    reference.update(preds, target)
+    coalescer.update([preds.requires_grad_()], {"target": target})
+    target.fill_(0)  # the caller reuses its tensors
+    coalescer.flush()
+    assert_same_state(metric, reference)
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def test_buffering_and_flushing_make_no_host_copies(monkeypatch):
+    counts: collections.Counter[str] = collections.Counter()
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, __original=original, __name=name, **kwargs):
+            counts[__name] += 1
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    metrics = [MulticlassAccuracy(C, average="micro", validate_args=False), MulticlassF1Score(C, validate_args=False)]
+    coalescer = Coalescer(metrics, max_steps=3)
+    g = torch.Generator().manual_seed(8)
+    batches = [multiclass_logits(g, n) for n in SIZES]
+    counts.clear()
+    for preds, target in batches:
+        coalescer.update([preds, target], {})
+    coalescer.flush()
+    assert sum(counts.values()) == 0, dict(counts)
