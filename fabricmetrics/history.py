@@ -8,6 +8,7 @@ run's log folder with :meth:`History.from_run` (``metrics.csv``, else TensorBoar
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fabricmetrics.exceptions import HistoryKeyError, LogDirectoryError
+from fabricmetrics.exceptions import HistoryKeyError, LogDirectoryError, warn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -302,16 +303,48 @@ def _has_logs(folder: Path) -> bool:
     return any(name.startswith(_EVENTS_PREFIX) for name in os.listdir(folder))
 
 
+def split_complete_lines(data: bytes) -> tuple[bytes, bytes]:
+    r"""``data`` cut after its last line end: the complete lines, and an incomplete last line (``b""`` if none).
+
+    A CSV writer ends every row with a line end, so a file that a killed process or a full disk
+    left behind ends with the part of a row that was being written; the rest of the file is whole.
+
+    Example:
+        >>> split_complete_lines(b"step,a\r\n1,0.5\r\n2,0.2")
+        (b'step,a\r\n1,0.5\r\n', b'2,0.2')
+    """
+    if not data or data.endswith((b"\n", b"\r")):
+        return data, b""
+    cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+    return data[:cut], data[cut:]
+
+
 def _read_csv(file: Path) -> dict[str, list[tuple[int, float]]]:
-    """``key → [(step, value)]`` from a Fabric-style CSV (a ``step`` column, empty cells skipped)."""
+    """``key → [(step, value)]`` from a Fabric-style CSV (a ``step`` column, empty or missing cells skipped).
+
+    The complete rows of a torn file are kept: an incomplete last line (no line end: the writer
+    was stopped while writing it) and rows with more cells than the header (a torn row that a
+    later write continued) are skipped, with one warning that names them.
+    """
+    complete, torn = split_complete_lines(file.read_bytes())
     try:
-        with open(file, newline="") as handle:
-            return _csv_points(file, csv.DictReader(handle))
+        reader = csv.DictReader(io.StringIO(complete.decode("utf-8"), newline=""))
+        data, damaged, kept = _csv_points(file, reader)
     except (UnicodeDecodeError, csv.Error) as err:
         raise LogDirectoryError(f"{file} is not a CSV file ({err}).") from err
+    skipped = []
+    if torn:
+        tail = torn.decode("utf-8", errors="replace")
+        skipped.append(f"its incomplete last line {tail[:60]!r}{'…' * (len(tail) > 60)} (cut off while being written)")
+    if damaged:
+        skipped.append(f"{len(damaged)} damaged row(s) with more cells than the header (lines {damaged[:5]})")
+    if skipped:
+        warn(f"{file} is torn: read its {kept} complete row(s), skipped {' and '.join(skipped)}.")
+    return data
 
 
-def _csv_points(file: Path, reader: csv.DictReader) -> dict[str, list[tuple[int, float]]]:
+def _csv_points(file: Path, reader: csv.DictReader) -> tuple[dict[str, list[tuple[int, float]]], list[int], int]:
+    """The points of each column, the lines of rows with more cells than the header (skipped), the rows read."""
     columns = list(reader.fieldnames or [])
     if "step" not in columns:
         raise LogDirectoryError(
@@ -319,15 +352,24 @@ def _csv_points(file: Path, reader: csv.DictReader) -> dict[str, list[tuple[int,
             "fabricmetrics' CSVLogger."
         )
     data: dict[str, list[tuple[int, float]]] = {key: [] for key in columns if key != "step"}
+    damaged: list[int] = []
+    kept = 0
     for row in reader:
+        if None in row:  # more cells than columns: the rest of a torn row joined by the next write
+            damaged.append(reader.line_num)
+            continue
         try:
             step = int(float(row["step"]))
-            for key, cell in row.items():
-                if key in data and cell:
-                    data[key].append((step, float(cell)))
+            points = [(key, float(cell)) for key, cell in row.items() if key in data and cell]
         except (TypeError, ValueError) as err:
-            raise LogDirectoryError(f"{file}, line {reader.line_num}: {err}; expected numbers.") from err
-    return {key: points for key, points in data.items() if points}
+            raise LogDirectoryError(
+                f"{file}, line {reader.line_num}: {err}; expected numbers. HINT: a metrics.csv holds numbers only; "
+                "remove that row or log numbers."
+            ) from err
+        for key, value in points:
+            data[key].append((step, value))
+        kept += 1
+    return {key: points for key, points in data.items() if points}, damaged, kept
 
 
 def _read_events(where: Path, *, required: bool) -> dict[str, list[tuple[int, float]]]:

@@ -1,42 +1,90 @@
-"""Loggers: Fabric's ``TensorBoardLogger`` and a resume-safe ``CSVLogger``.
+"""Loggers: Fabric's ``TensorBoardLogger`` and a durable, resume-safe ``CSVLogger``; what the tracker does with them.
 
-Any :class:`lightning_fabric.loggers.Logger` works with the tracker. This module re-exports Fabric's
-``TensorBoardLogger`` and ``Logger`` and adds one fix to Fabric's ``CSVLogger``: Fabric deletes
-``metrics.csv`` when a version folder is reused, which loses every row of a run that is resumed
-from a checkpoint. :class:`CSVLogger` keeps the earlier rows and drops only those logged after the
-checkpoint (the tracker tells it the step, and how many rows it had logged at that step, in
-``load_state_dict``), so the file ends up with exactly the rows of an uninterrupted run.
+Any :class:`lightning_fabric.loggers.Logger` works with the tracker (the classes of
+``lightning.fabric.loggers`` too). This module re-exports Fabric's ``TensorBoardLogger`` and
+``Logger`` and gives Fabric's ``CSVLogger`` a writer whose file survives the process:
+
+- every flush puts the rows on disk (the tracker flushes at every epoch end and at exit); a row is
+  appended whole or not at all;
+- a rewrite (new keys, a resume) writes a sibling temporary file, syncs it and renames it over
+  ``metrics.csv``, so a failure (a full disk) leaves the previous file as it was; the rows that
+  could not be written stay in memory, the error says which, and the next flush writes them;
+- new keys become the last columns, so the one rewrite of a flush that brings new keys pads the
+  earlier rows with a single bytes replacement instead of parsing each of them;
+- a resumed run keeps the rows logged up to its checkpoint (Fabric's logger deletes the file).
+
+The functions below are what :class:`~fabricmetrics.MetricsTracker` calls: :func:`open_loggers`
+(one ``version_N`` for all loggers of a run, an early check of the directories, a flush at exit),
+:func:`flush_loggers`, :func:`close_loggers`, :func:`resume_loggers` and :func:`describe_log_error`.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lightning_fabric.loggers import CSVLogger as _FabricCSVLogger
 from lightning_fabric.loggers import Logger, TensorBoardLogger
 from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from lightning_fabric.loggers.logger import rank_zero_experiment
-from lightning_fabric.utilities.rank_zero import rank_zero_warn
+from lightning_fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
+from fabricmetrics._csvwriter import DurableWriter, describe_os_error
 from fabricmetrics.exceptions import LogDirectoryError
 
-__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "check_writable", "flush_loggers", "resume_loggers"]
+__all__ = [
+    "CSVLogger",
+    "Logger",
+    "TensorBoardLogger",
+    "check_writable",
+    "close_loggers",
+    "describe_log_error",
+    "flush_loggers",
+    "open_loggers",
+    "resume_loggers",
+]
+
+# Loggers of optional packages, imported on first use: name → (module, the extra that installs its package)
+_OPTIONAL = {"MLFlowLogger": ("fabricmetrics._mlflow", "mlflow"), "WandbLogger": ("fabricmetrics._wandb", "wandb")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _OPTIONAL:
+        raise AttributeError(f"module 'fabricmetrics.loggers' has no attribute {name!r}")
+    import importlib
+
+    module, extra = _OPTIONAL[name]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"fabricmetrics.loggers.{name} needs the `{err.name or extra}` package. "
+            f'HINT: pip install "fabricmetrics[{extra}]"'
+        ) from err
 
 
 class CSVLogger(_FabricCSVLogger):
-    """Fabric's ``CSVLogger``, except that resuming keeps the earlier rows.
+    """Fabric's ``CSVLogger`` with a durable file, and a resume that keeps the earlier rows.
 
-    Same arguments as :class:`lightning_fabric.loggers.CSVLogger`. After :meth:`resume` (called by
-    ``MetricsTracker.load_state_dict``), opening an existing ``metrics.csv`` keeps its rows up to the
-    checkpoint and drops the later ones, which the resumed run will log again. Without a resume
-    it behaves like Fabric's logger.
+    Same arguments as :class:`lightning_fabric.loggers.CSVLogger`. Differences:
+
+    - :meth:`save` writes the rows atomically (see the module's description) and raises a
+      :class:`~fabricmetrics.exceptions.LogDirectoryError` naming the cause, the file and the rows
+      kept in memory when it cannot; a periodic save inside :meth:`log_metrics` warns instead.
+    - Rows are saved every ``flush_logs_every_n_steps`` rows (Fabric saves when
+      ``(step + 1) % flush_logs_every_n_steps == 0``, which steps 50, 100, … never meet), and at
+      exit if the process ends normally without :meth:`finalize`.
+    - After :meth:`resume` (called by ``MetricsTracker.load_state_dict``), opening an existing
+      ``metrics.csv`` keeps its rows up to the checkpoint and drops the later ones, which the
+      resumed run logs again. Without a resume it replaces the file, as Fabric's logger does.
+    - Columns are ``step`` and then the keys in the order they first appeared.
 
     Example:
-        >>> import tempfile
+        >>> import csv, tempfile
         >>> root = tempfile.mkdtemp()
         >>> logger = CSVLogger(root, name="run", version=0)
         >>> for step in (1, 2, 3):
@@ -56,10 +104,18 @@ class CSVLogger(_FabricCSVLogger):
         self._resume: tuple[int, int | None] | None = None
         # (largest step logged so far, rows logged at it; None when unknown), for checkpoints
         self._latest: tuple[int, int | None] | None = None
+        self._exit_flush: weakref.finalize | None = None
 
+    @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Fabric's ``log_metrics``, counting the rows of the latest step (see :meth:`rows_at_step`)."""
-        super().log_metrics(metrics, step)  # type: ignore[arg-type]
+        """Fabric's ``log_metrics``; rows are saved every ``flush_logs_every_n_steps`` rows."""
+        try:
+            super().log_metrics(metrics, step)  # type: ignore[arg-type]
+            writer = self.experiment
+            if len(writer.metrics) >= max(1, int(self._flush_logs_every_n_steps)):
+                writer.save()
+        except LogDirectoryError as err:  # the rows stay in memory; the next flush writes them
+            rank_zero_warn(str(err))
         if step is None:
             return
         latest = self._latest
@@ -89,7 +145,7 @@ class CSVLogger(_FabricCSVLogger):
         """
         self._resume = (int(step), None if rows_at_step is None else int(rows_at_step))
         self._latest = self._resume
-        if isinstance(self._experiment, _ResumableWriter):
+        if isinstance(self._experiment, DurableWriter):
             self._experiment.save()
             self._experiment.truncate_after(*self._resume)
 
@@ -98,64 +154,79 @@ class CSVLogger(_FabricCSVLogger):
     def experiment(self) -> _ExperimentWriter:
         """The writer of ``metrics.csv`` (created on first use, on rank 0 only)."""
         if self._experiment is None:
-            os.makedirs(self._root_dir, exist_ok=True)
-            self._experiment = _ResumableWriter(self.log_dir, self._resume)
+            self._fs.makedirs(self._root_dir, exist_ok=True)
+            writer = DurableWriter(self.log_dir, self._resume)
+            self._experiment = writer
+            # rows logged after the last flush reach the file when the process exits normally
+            self._exit_flush = weakref.finalize(self, _save_quietly, writer)
         return self._experiment
 
 
-class _ResumableWriter(_ExperimentWriter):
-    """Fabric's CSV writer that, when resuming, keeps the rows up to the checkpoint."""
-
-    def __init__(self, log_dir: str, resume: tuple[int, int | None] | None) -> None:
-        self._resume = resume
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        if not os.path.isfile(self.metrics_file_path):
-            return  # other files (e.g. TensorBoard events sharing the folder) are left alone
-        if self._resume is None:
-            rank_zero_warn(
-                f"{self.metrics_file_path} exists and this run does not resume from a checkpoint, so it is "
-                "replaced (as Fabric's CSVLogger does). HINT: load the tracker's state_dict to keep its rows."
-            )
-            os.remove(self.metrics_file_path)
-        else:
-            self.truncate_after(*self._resume)
-
-    def truncate_after(self, step: int, rows_at_step: int | None = None) -> None:
-        """Rewrite ``metrics.csv`` without the rows logged after the checkpoint.
-
-        Keeps the rows of steps before ``step`` and the first ``rows_at_step`` rows of ``step``
-        (all of them when ``None``), in file order, which is the order they were logged in.
-        """
-        if not os.path.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as file:
-            reader = csv.DictReader(file)
-            fieldnames = list(reader.fieldnames or [])
-            rows, at_step = [], 0
-            for row in reader:
-                row_step = _row_step(row)
-                if row_step == step:
-                    at_step += 1
-                    if rows_at_step is not None and at_step > rows_at_step:
-                        continue
-                if row_step <= step:
-                    rows.append(row)
-        tmp = self.metrics_file_path + ".tmp"
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
-        self.metrics_keys = fieldnames
+# --------------------------------------------------------------------------------------------------
+# What the tracker does with its loggers
 
 
-def _row_step(row: dict[str, str]) -> float:
-    try:
-        return float(row.get("step") or "nan")
-    except ValueError:
-        return float("nan")
+def open_loggers(loggers: Sequence[Logger], *, owner: object | None = None, check: bool = True) -> Any:
+    """Prepare a run's loggers before anything is written: one version, writable folders, a flush at exit.
+
+    Fabric's CSV and TensorBoard loggers that share a root directory and a name get the same
+    version (the one that some of them have already, else the next free one), so they write into
+    one ``version_N`` folder whatever order they start writing in. With ``owner``, the loggers are
+    flushed when ``owner`` is garbage-collected or the process exits normally, whichever comes
+    first (TensorBoard's writer thread would otherwise drop its last events at exit).
+
+    Args:
+        loggers: the run's loggers.
+        owner: the object whose lifetime the exit flush follows (the tracker); ``None`` registers none.
+        check: create every logger's folder and write a file in it (:func:`check_writable`).
+
+    Returns:
+        The ``weakref.finalize`` of the exit flush (``.detach()`` it when the loggers are closed),
+        or ``None`` without ``owner``.
+
+    Raises:
+        LogDirectoryError: with ``check``, a folder cannot be created or written.
+    """
+    _pin_versions(loggers)
+    if check:
+        for logger in loggers:
+            check_writable(logger)
+    if owner is None:
+        return None
+    return weakref.finalize(owner, flush_loggers, list(loggers))
+
+
+def flush_loggers(loggers: Iterable[Logger]) -> None:
+    """Write what the loggers buffer: after this, every row logged so far is on disk.
+
+    Loggers that have not started writing are left alone (nothing to flush, and a TensorBoard
+    writer must not open before a resume has set its ``purge_step``). Errors are warnings that say
+    what could not be written and why: a run is not stopped because a log could not be flushed.
+
+    Args:
+        loggers: the tracker's loggers.
+    """
+    for logger in loggers:
+        if getattr(logger, "_experiment", True) is None:
+            continue
+        try:
+            logger.save()
+        except Exception as err:
+            rank_zero_warn(f"{type(logger).__name__}.save() failed: {describe_log_error(err, logger)}")
+
+
+def close_loggers(loggers: Iterable[Logger], status: str = "success") -> None:
+    """Flush and finalize every logger with ``status``; a logger that fails is a warning, the others still close.
+
+    Args:
+        loggers: the tracker's loggers.
+        status: ``"success"`` or ``"failed"`` (passed to ``Logger.finalize``).
+    """
+    for logger in loggers:
+        try:
+            logger.finalize(status)
+        except Exception as err:
+            rank_zero_warn(f"{type(logger).__name__}.finalize({status!r}) failed: {describe_log_error(err, logger)}")
 
 
 def resume_loggers(loggers: list[Logger], step: int, *, rows_at_step: Sequence[int | None] | None = None) -> None:
@@ -163,10 +234,11 @@ def resume_loggers(loggers: list[Logger], step: int, *, rows_at_step: Sequence[i
 
     :class:`CSVLogger` keeps its earlier rows: those of earlier steps and, of the rows at ``step``,
     the number it had logged when the checkpoint was taken (all of them if unknown). A
-    ``TensorBoardLogger`` whose writer is not open yet gets ``purge_step=step + 1``, which hides the
-    events logged after ``step`` (TensorBoard purges by step: what the interrupted run logged at
-    ``step`` itself after the checkpoint stays, and appears twice if logged again). Other loggers
-    are left alone.
+    ``TensorBoardLogger`` (of ``lightning_fabric`` or ``lightning.fabric``) whose writer is not open
+    yet gets ``purge_step=step + 1``, which hides the events logged after ``step`` (TensorBoard
+    purges by step: what the interrupted run logged at ``step`` itself after the checkpoint stays,
+    and appears twice if logged again). Fabric's own ``CSVLogger`` gets a warning (it deletes the
+    file when it reopens the folder). Other loggers are left alone.
 
     Args:
         loggers: the tracker's loggers.
@@ -178,7 +250,13 @@ def resume_loggers(loggers: list[Logger], step: int, *, rows_at_step: Sequence[i
     for i, logger in enumerate(loggers):
         if isinstance(logger, CSVLogger):
             logger.resume(step, counts[i] if i < len(counts) else None)
-        elif isinstance(logger, TensorBoardLogger):
+        elif _is_fabric(logger, "CSVLogger"):
+            rank_zero_warn(
+                f"{type(logger).__module__}.CSVLogger deletes the metrics.csv of the version folder it reopens, so "
+                "the rows of the interrupted run are lost. HINT: use fabricmetrics.loggers.CSVLogger, which keeps "
+                "the rows up to the checkpoint."
+            )
+        elif _is_fabric(logger, "TensorBoardLogger"):
             kwargs = getattr(logger, "_kwargs", None)
             if getattr(logger, "_experiment", True) is not None or not isinstance(kwargs, dict):
                 rank_zero_warn(
@@ -190,23 +268,46 @@ def resume_loggers(loggers: list[Logger], step: int, *, rows_at_step: Sequence[i
             kwargs.setdefault("purge_step", step + 1)
 
 
-def flush_loggers(loggers: list[Logger]) -> None:
-    """Write what the loggers buffer (Fabric's ``CSVLogger`` keeps up to 100 rows in memory).
+def describe_log_error(err: BaseException, logger: Logger | None = None) -> str:
+    """What went wrong when a logger wrote: the operating system's error and its file, not a wrapper's guess.
 
-    Loggers that have not started writing are left alone (nothing to flush, and a TensorBoard
-    writer must not open before a resume has set its ``purge_step``). Errors are warnings: a
-    checkpoint is not lost because a log could not be flushed.
+    Fabric's ``TensorBoardLogger`` turns any write error into ``ValueError: you tried to log 1310.0
+    which is currently not supported``; the real cause (``FileNotFoundError``, ``No space left on
+    device``) is in the exception's chain, and this returns it, with what the logger kept.
 
     Args:
-        loggers: the tracker's loggers.
+        err: what the logger raised.
+        logger: the logger, to say what it kept.
+
+    Returns:
+        ``"OSError: [Errno 28] No space left on device: '/runs/metrics.csv'"``-like text.
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise OSError(28, "No space left on device", "/runs/events.out.tfevents.1")
+        ...     except OSError as cause:
+        ...         raise ValueError("you tried to log 1310.0 which is currently not supported") from cause
+        ... except ValueError as err:
+        ...     print(describe_log_error(err))
+        OSError: [Errno 28] No space left on device: '/runs/events.out.tfevents.1'
     """
-    for logger in loggers:
-        if getattr(logger, "_experiment", True) is None:
-            continue
-        try:
-            logger.save()
-        except Exception as err:
-            rank_zero_warn(f"{type(logger).__name__}.save() failed while flushing for a checkpoint: {err}")
+    if isinstance(err, LogDirectoryError):
+        return str(err)
+    cause: BaseException | None = err
+    seen: set[int] = set()
+    while cause is not None and not isinstance(cause, OSError) and id(cause) not in seen:
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, OSError):
+        return f"{type(err).__name__}: {err}"
+    text = describe_os_error(cause)
+    if logger is not None and _is_fabric(logger, "TensorBoardLogger"):
+        text += (
+            "; TensorBoard stops writing this run's events at its first write error: the points logged before it are "
+            "in the event file, the later ones only in the history"
+        )
+    return text
 
 
 def check_writable(logger: Logger) -> None:
@@ -222,7 +323,7 @@ def check_writable(logger: Logger) -> None:
         directory = logger.log_dir
     except Exception:
         directory = None
-    if not directory:
+    if not directory or "://" in str(directory):
         return
     try:
         os.makedirs(directory, exist_ok=True)
@@ -233,3 +334,47 @@ def check_writable(logger: Logger) -> None:
             f"{type(logger).__name__} cannot write to {directory!r}: {err.strerror or err}. "
             "HINT: choose a writable root directory for the logger."
         ) from err
+
+
+# --------------------------------------------------------------------------------------------------
+# Fabric's private logger attributes (the writer's private API is used in fabricmetrics._csvwriter):
+# ._experiment (None until a logger writes), ._version (None until resolved), ._fs and ._root_dir
+# (CSV), ._flush_logs_every_n_steps (CSV), ._kwargs (TensorBoard, passed to its SummaryWriter).
+# tests/test_log_durability.py checks each of them.
+
+
+def _is_fabric(logger: Logger, name: str) -> bool:
+    """Whether ``logger`` is (a subclass of) Fabric's ``name`` logger (``lightning_fabric`` or ``lightning.fabric``)."""
+    return any(
+        cls.__name__ == name and cls.__module__.startswith(("lightning_fabric.loggers", "lightning.fabric.loggers"))
+        for cls in type(logger).__mro__
+    )
+
+
+def _pin_versions(loggers: Sequence[Logger]) -> None:
+    """Give Fabric's loggers that share a root directory and a name one version, before any folder exists."""
+    groups: dict[tuple[str, str], list[Logger]] = {}
+    for logger in loggers:
+        if not (_is_fabric(logger, "CSVLogger") or _is_fabric(logger, "TensorBoardLogger")):
+            with contextlib.suppress(Exception):
+                _ = logger.version  # other loggers: fixed now, as with Fabric
+            continue
+        key = (os.path.normpath(os.fspath(logger.root_dir or "")), str(logger.name or ""))
+        groups.setdefault(key, []).append(logger)
+    for members in groups.values():
+        known = {getattr(logger, "_version", None) for logger in members} - {None}
+        pending = [logger for logger in members if getattr(logger, "_version", None) is None]
+        if pending:  # the one version the others have, else the next free one
+            version = next(iter(known)) if len(known) == 1 else pending[0].version
+            for logger in pending:
+                setattr(logger, "_version", version)  # noqa: B010 (Fabric's private attribute)
+
+
+def _save_quietly(writer: _ExperimentWriter) -> None:
+    """Save a writer's rows at exit (a failure is a warning: the process is ending anyway)."""
+    if not writer.metrics:
+        return
+    try:
+        writer.save()
+    except Exception as err:
+        rank_zero_warn(f"CSVLogger could not save its last rows at exit: {describe_log_error(err)}")
