@@ -44,6 +44,7 @@ from fabricmetrics.probing.extraction import (
     extract_embeddings,
     shard_layout,
 )
+from fabricmetrics.probing.maps import EmbeddingMaps, map_tasks
 from fabricmetrics.probing.report import Scoring, cv_metric_names, cv_scores, holdout_scores
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ class ProbingScheduler:
         batch_fn: splits a batch into ``(inputs, targets)``; default: ``(x, y)`` pairs.
         embed_fn: inputs → ``(batch, ...)`` embeddings, e.g. ``encoder.forward_features``; default:
             ``encoder(x)``.
+        maps: after each probing, draw 2-D maps of the scored embeddings on rank 0 (PNG files, a
+            TensorBoard image and projector; see :class:`~fabricmetrics.probing.EmbeddingMaps`):
+            ``True`` (PCA), ``"pca"``, ``"tsne"``, or an ``EmbeddingMaps``; off by default.
         fabric: a launched ``Fabric`` whose collectives :meth:`run` uses by default.
 
     Raises:
@@ -119,6 +123,7 @@ class ProbingScheduler:
         random_state: int = 0,
         batch_fn: BatchFn | None = None,
         embed_fn: EmbedFn | None = None,
+        maps: bool | str | EmbeddingMaps | None = None,
         fabric: Fabric | None = None,
     ) -> None:
         if not isinstance(encoder, nn.Module):
@@ -136,6 +141,12 @@ class ProbingScheduler:
         self.prefix = prefix
         self.cv = check_cv(cv, test_loader)
         self.probes = parse_probes(probe, scoring, cv)
+        self.maps = EmbeddingMaps.coerce(maps)
+        if self.maps is not None and all(p.sharded for p in self.probes):
+            raise ConfigurationError(
+                "maps= draws the embeddings gathered on rank 0, but every probe is sharded (fitted where the "
+                "embeddings live, never gathered). HINT: add a probe with sharded=False, or drop maps=."
+            )
         self.batch_fn: BatchFn = batch_fn or default_batch_fn
         self.embed_fn = embed_fn
         self.fabric = fabric
@@ -164,7 +175,14 @@ class ProbingScheduler:
         """How many probings have completed."""
         return self._runs
 
-    def maybe_run(self, epoch: int, collectives: Collectives | None = None) -> dict[str, float]:
+    def maybe_run(
+        self,
+        epoch: int,
+        collectives: Collectives | None = None,
+        *,
+        step: int | None = None,
+        loggers: Sequence[Any] | None = None,
+    ) -> dict[str, float]:
         """Probe if ``epoch`` (the number of completed train epochs) is a multiple of ``every_n_epochs``.
 
         A collective call: every rank must make it. The tracker makes it at the end of each train epoch.
@@ -172,19 +190,31 @@ class ProbingScheduler:
         Args:
             epoch: completed train epochs so far (1 after the first).
             collectives: how ranks communicate (the tracker's); default ``resolve_collectives(fabric)``.
+            step: the tracker's global step (where the maps go in TensorBoard).
+            loggers: the tracker's loggers (where the maps go); default: the ``fabric``'s.
 
         Returns:
             :meth:`run`'s results, or ``{}`` when this epoch is not scheduled.
         """
         if epoch <= 0 or epoch % self.every_n_epochs:
             return {}
-        return self.run(collectives)
+        return self.run(collectives, epoch=epoch, step=step, loggers=loggers)
 
-    def run(self, collectives: Collectives | None = None) -> dict[str, float]:
+    def run(
+        self,
+        collectives: Collectives | None = None,
+        *,
+        epoch: int | None = None,
+        step: int | None = None,
+        loggers: Sequence[Any] | None = None,
+    ) -> dict[str, float]:
         """Probe now: embed, fit every probe, score. A collective call: every rank must make it.
 
         Args:
             collectives: how ranks communicate; default ``resolve_collectives(fabric)``.
+            epoch: completed train epochs, if known (only names the map files of ``maps=``).
+            step: the global step of the maps in TensorBoard (default: the probing's number).
+            loggers: where the maps go (``maps=``); default: the ``fabric``'s loggers.
 
         Returns:
             Key → float, in the order of :attr:`keys`, the same on every rank. Probes of a source
@@ -226,6 +256,8 @@ class ProbingScheduler:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        if self.maps is not None and coll.is_main:
+            self._draw_maps(data, finite, epoch, step, loggers)
         self._runs += 1
         self.last_results = dict(results)
         return dict(results)
@@ -278,6 +310,41 @@ class ProbingScheduler:
             if status["error"] is not None:
                 raise DistributedError(f"Rank {rank} failed while embedding the probing data: {status['error']}")
         return local, [s["summary"] for s in statuses]
+
+    def _draw_maps(
+        self,
+        data: dict[str, ProbeData | None],
+        finite: dict[str, bool],
+        epoch: int | None,
+        step: int | None,
+        loggers: Sequence[Any] | None,
+    ) -> None:
+        """Rank 0: the maps of the scored embeddings (test, or train with ``cv``); a failure only warns."""
+        assert self.maps is not None
+        scored = data.get("test") or data["train"]
+        assert scored is not None
+        if loggers is None:
+            loggers = list(self.fabric.loggers) if self.fabric is not None else []
+        n_columns = 1 if scored.targets.ndim == 1 else int(np.prod(scored.targets.shape[1:]))
+        try:
+            self.maps.write(
+                {s: scored.features[s] if finite[s] else None for s in self._sources},
+                scored.targets,
+                map_tasks(self.probes, n_columns),
+                run=self._runs + 1,
+                epoch=epoch,
+                step=step,
+                loggers=loggers,
+                prefix=self.prefix,
+                split="test" if self.test_loader is not None else "train",
+            )
+        except Exception as err:
+            warnings.warn(
+                f"Embedding maps failed at this probing ({type(err).__name__}: {err}); the probe scores are "
+                "unaffected and training goes on.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _fit_sharded(
         self,
