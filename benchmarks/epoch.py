@@ -9,14 +9,18 @@ macro recall; 10 classes):
   into one integer tensor) and the four values computed from it at the end: the arithmetic that the
   metrics need, without any per-call overhead;
 - ``MetricCollection.update``: a hand-written loop (compute groups on), then ``compute()``;
-- ``tracker``: ``MetricsTracker`` with the default ``"train"`` schedule (step values every 50 steps).
+- ``tracker``: ``MetricsTracker`` with the default ``"train"`` schedule (step values every 50 steps);
+- ``tracker, no step values``: the same with ``Schedule(every_n_steps=None)`` (epoch values only).
 
 Each round runs every variant once, in an order rotated from round to round; the reported ratio is
 the median over rounds of each variant's time divided by the ``no metrics`` time of the same round,
-with the 10th and 90th percentiles of those ratios as the spread. The machine's load average is
-printed before and after.
+with the 10th and 90th percentiles of those ratios as the spread, and the median time the metrics add
+per step. Times are this process's CPU
+time by default (``--clock cpu``: steadier than elapsed time on a shared machine, and the same thing
+with one thread on a CPU), elapsed time with ``--clock wall``. The machine's load average is printed
+before and after.
 
-Usage: ``python benchmarks/epoch.py [--rounds 30] [--threads 2] [--device cpu]``.
+Usage: ``python benchmarks/epoch.py [--rounds 30] [--threads 1] [--device cpu]``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from fabricmetrics import MetricsTracker
+from fabricmetrics import MetricsTracker, Schedule
 
 NUM_CLASSES = 10
 BATCH = 256
@@ -113,9 +117,9 @@ def variants(batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.dev
 
         return run
 
-    def tracked() -> Callable[[], None]:
+    def tracked(schedule: dict[str, Schedule] | None = None) -> Callable[[], None]:
         model, opt = make_model(device)
-        tracker = MetricsTracker(four_metrics())
+        tracker = MetricsTracker(four_metrics(), schedule=schedule)
 
         def run() -> None:
             with tracker.epoch("train"):
@@ -129,20 +133,23 @@ def variants(batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.dev
         "floor: argmax + bincount": floor(),
         "MetricCollection.update": collection(),
         "tracker (default schedule)": tracked(),
+        "tracker, no step values": tracked({"train": Schedule(every_n_steps=None)}),
     }
 
 
-def timed(fn: Callable[[], None], device: torch.device) -> float:
+def timed(fn: Callable[[], None], device: torch.device, clock: Callable[[], float]) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleave(runs: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, list[float]]:
+def interleave(
+    runs: dict[str, Callable[[], None]], rounds: int, device: torch.device, clock: Callable[[], float]
+) -> dict[str, list[float]]:
     """Every variant once per round, the order rotated each round; returns the times of each."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
@@ -150,7 +157,7 @@ def interleave(runs: dict[str, Callable[[], None]], rounds: int, device: torch.d
         runs[name]()
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(timed(runs[name], device))
+            times[name].append(timed(runs[name], device, clock))
     return times
 
 
@@ -159,22 +166,32 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def report(times: dict[str, list[float]], baseline: str) -> None:
-    print(f"{'variant':<30} {'median':>10} {'ratio':>7} {'p10':>7} {'p90':>7}")
+def report(times: dict[str, list[float]], baseline: str, steps: int) -> None:
+    """Median time, median ratio to ``baseline`` with its 10th/90th percentiles, and the added µs per step."""
+    print(f"{'variant':<30} {'median':>10} {'ratio':>7} {'p10':>7} {'p90':>7} {'added/step':>11}")
     for name, ts in times.items():
         ratios = [t / b for t, b in zip(ts, times[baseline], strict=True)]
+        added = [(t - b) / steps * 1e6 for t, b in zip(ts, times[baseline], strict=True)]
         print(
             f"{name:<30} {statistics.median(ts) * 1e3:>8.1f}ms {statistics.median(ratios):>7.3f} "
-            f"{quantile(ratios, 0.1):>7.3f} {quantile(ratios, 0.9):>7.3f}"
+            f"{quantile(ratios, 0.1):>7.3f} {quantile(ratios, 0.9):>7.3f} {statistics.median(added):>9.1f}us"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu: this process's CPU time (steadier on a shared machine; with one thread on a CPU device); "
+        "wall: elapsed time (use it on a GPU, where the work is not this process's CPU time)",
+    )
     args = parser.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches = data(device)
@@ -182,8 +199,8 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"{sum(len(y) for _, y in batches)} samples, {len(batches)} steps of {BATCH}, load {os.getloadavg()[0]:.2f}"
     )
-    times = interleave(variants(batches, device), args.rounds, device)
-    report(times, "no metrics")
+    times = interleave(variants(batches, device), args.rounds, device, clock)
+    report(times, "no metrics", len(batches))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -168,9 +168,13 @@ class Coalescer:
             raise ValueError("Coalescer: every metric must be eligible (see `eligible`).")
         self.max_steps = max_steps
         self.max_bytes = max_bytes
-        self._names: tuple[str | None, ...] = ()  # None for a positional argument, else its keyword
+        self._checks = [rule for rule in self.rules if rule is not _any_inputs]
+        self._n_args = 0  # the buffers hold this many positional arguments, then these keywords:
+        self._keywords: tuple[str, ...] = ()
         self._layout: _Layout = ()
         self._buffers: list[torch.Tensor] = []
+        self._capacity = 0  # rows
+        self._last: tuple[tuple[torch.Size, torch.dtype], ...] = ()  # shapes and dtypes of the last buffered step
         self._rows = 0  # rows held
         self.pending = 0  # steps held
 
@@ -182,29 +186,45 @@ class Coalescer:
         flushed first when the step's layout (dtype, trailing shape, device of each argument)
         differs from the buffer's, or when it does not fit.
         """
-        values = [*args, *kwargs.values()]
-        names = (None,) * len(args) + tuple(kwargs)
-        layout = self._layout_of(values)
-        if layout is None or not all(rule(args, kwargs) for rule in self.rules):  # type: ignore[misc]
-            self._direct(args, kwargs)
+        values = (*args, *kwargs.values())
+        if not self._as_last(values, len(args), kwargs) or not all(check(args, kwargs) for check in self._checks):
+            self._update_general(values, args, kwargs)
             return
         n = values[0].shape[0]
-        if layout != self._layout or names != self._names:
-            self.flush()
-            if not self._allocate(values, names, layout, n):
-                self._direct(args, kwargs)
-                return
-        capacity = self._buffers[0].shape[0]
-        if n > capacity:
-            self.flush()
-            self._direct(args, kwargs)
-            return
-        if self._rows + n > capacity:
+        if self._rows + n > self._capacity:
             self.flush()
         for buffer, value in zip(self._buffers, values, strict=True):
             buffer[self._rows : self._rows + n].copy_(value.detach())
         self._rows += n
         self.pending += 1
+
+    def _as_last(self, values: tuple[Any, ...], n_args: int, kwargs: Mapping[str, Any]) -> bool:
+        """Whether the step's tensors have the shapes and dtypes of the last buffered step's (checked cheaply).
+
+        The device is left out here: the buffers live on the device of the steps that allocated
+        them, and a tensor of another device would only be copied there.
+        """
+        if len(values) != len(self._last) or n_args != self._n_args or tuple(kwargs) != self._keywords:
+            return False
+        for value, (shape, dtype) in zip(values, self._last, strict=True):
+            if not isinstance(value, torch.Tensor) or value.shape != shape or value.dtype != dtype:
+                return False
+        return True
+
+    def _update_general(self, values: tuple[Any, ...], args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Any step: buffered (in new buffers if its layout differs or it does not fit), or a direct update."""
+        layout = self._layout_of(values)
+        if layout is None or not all(check(args, kwargs) for check in self._checks):
+            self._direct(args, kwargs)
+            return
+        n = values[0].shape[0]
+        if (layout, len(args), tuple(kwargs)) != (self._layout, self._n_args, self._keywords) or n > self._capacity:
+            self.flush()
+            if not self._allocate(values, len(args), tuple(kwargs), layout, n):
+                self._direct(args, kwargs)
+                return
+        self._last = tuple((v.shape, v.dtype) for v in values)
+        self.update(args, kwargs)
 
     def flush(self) -> None:
         """Run one ``update`` of every metric on the buffered rows (nothing when none are buffered)."""
@@ -214,8 +234,8 @@ class Coalescer:
         steps = self.pending
         self._rows = 0
         self.pending = 0
-        args = [v for v, name in zip(views, self._names, strict=True) if name is None]
-        kwargs = {name: v for v, name in zip(views, self._names, strict=True) if name is not None}
+        args = views[: self._n_args]
+        kwargs = dict(zip(self._keywords, views[self._n_args :], strict=True))
         for metric in self.metrics:
             before = _tm.update_count(metric)
             metric.update(*args, **kwargs)
@@ -231,7 +251,7 @@ class Coalescer:
             metric.update(*args, **kwargs)
 
     @staticmethod
-    def _layout_of(values: list[Any]) -> _Layout | None:
+    def _layout_of(values: tuple[Any, ...]) -> _Layout | None:
         if not values or not all(isinstance(v, torch.Tensor) and v.ndim > 0 for v in values):
             return None
         n = values[0].shape[0]
@@ -239,13 +259,15 @@ class Coalescer:
             return None
         return tuple((v.dtype, tuple(v.shape[1:]), v.device) for v in values)
 
-    def _allocate(self, values: list[torch.Tensor], names: tuple[str | None, ...], layout: _Layout, n: int) -> bool:
+    def _allocate(
+        self, values: tuple[Any, ...], n_args: int, keywords: tuple[str, ...], layout: _Layout, n: int
+    ) -> bool:
         """Buffers for ``max_steps`` steps of ``n`` rows (fewer if ``max_bytes`` says so); False if under 2 steps."""
         row_bytes = sum(v[:1].numel() * v.element_size() for v in values)
         rows = min(self.max_steps * n, self.max_bytes // max(row_bytes, 1))
         if rows < 2 * n:
-            self._buffers, self._layout, self._names = [], (), ()
+            self._buffers, self._layout, self._n_args, self._keywords, self._capacity, self._last = [], (), 0, (), 0, ()
             return False
         self._buffers = [torch.empty((rows, *v.shape[1:]), dtype=v.dtype, device=v.device) for v in values]
-        self._layout, self._names = layout, names
+        self._layout, self._n_args, self._keywords, self._capacity = layout, n_args, keywords, rows
         return True
