@@ -1,26 +1,92 @@
-"""One stage's metrics: argument plan, per-step work, and the epoch-end reduction across ranks."""
+"""One stage's metrics: argument plan, per-step work, and the epoch end across ranks.
+
+A :class:`Stage` owns the whole epoch end (:meth:`Stage.finish`): it exchanges one
+:class:`EpochStatus` per rank (which also tells every rank about a failure), checks that the ranks
+are about to reduce the same thing, lets each bound metric reduce itself, shares the results and
+returns one :class:`EpochOutcome`. The tracker only publishes the outcome.
+"""
 
 from __future__ import annotations
 
-import math
-import warnings
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from fabricmetrics._collect import Collector
-from fabricmetrics._values import flatten_value
-from fabricmetrics.bound import Bound, ExactBound, PerStepBound, TorchmetricBound
-from fabricmetrics.distributed import Collectives, valid_sample_count
-from fabricmetrics.exceptions import ConfigurationError, FabricMetricsError, MetricError, OutputsError
+from fabricmetrics._collect import Collector, Layout
+from fabricmetrics._values import to_floats
+from fabricmetrics.bound import Bound, ExactBound, PerStepBound, Reduction, TorchmetricBound, first_dim
+from fabricmetrics.distributed import Collectives, share_status, valid_sample_count
+from fabricmetrics.exceptions import (
+    ConfigurationError,
+    DistributedError,
+    FabricMetricsError,
+    MetricError,
+    OutputsError,
+    warn,
+)
 from fabricmetrics.needs import NeedsSpec, Source, describe_source, missing_key_error, resolve_plan
 from fabricmetrics.schedule import Schedule
 
-__all__ = ["Stage"]
+__all__ = ["EpochOutcome", "EpochStatus", "Stage"]
 
 _Call = tuple[Bound, tuple[int, ...], tuple[tuple[str, int], ...]]
+_Fingerprint = tuple[tuple[str, str], ...]
+
+_AGREEMENT_HINTS = {
+    "stage": "run the same stages in the same order on every rank (every rank opens and closes each epoch)",
+    "epoch": "run every epoch of a stage on every rank (resume every rank from the same checkpoint)",
+    "computes this epoch": "give every rank the same Schedule for this stage",
+    "metrics": "build the metrics in the same order on every rank (a dict literal or sorted names, not a set)",
+}
+_METRIC_HINT = "give every rank the same metric objects under each name (kind, class and settings)"
+
+
+@dataclass(frozen=True)
+class EpochStatus:
+    """What one rank tells the others at an epoch end, before any reduction.
+
+    Attributes:
+        fingerprint: what this rank is about to reduce, as ordered ``(item, value)`` pairs: the
+            stage, its epoch index, the schedule's decision, the ordered metric names and, per
+            metric, its kind and what determines its update.
+        samples: samples this rank fed to the metrics.
+        planned: whether this rank resolved the metrics' arguments (it ran a step of the stage).
+        bounds: each bound's :meth:`~fabricmetrics.bound.Bound.summary`, in bound order.
+        sources: each collected exact-mode source's layout and number of samples.
+    """
+
+    fingerprint: _Fingerprint
+    samples: int = 0
+    planned: bool = False
+    bounds: tuple[Any, ...] = ()
+    sources: tuple[tuple[Layout | None, int], ...] = ()
+
+
+@dataclass
+class EpochOutcome:
+    """What an epoch end produced, the same on every rank (but for the rank-local counts).
+
+    Attributes:
+        stage: the stage name.
+        index: the epoch's number (1 for the first).
+        computed: whether the schedule computed this epoch.
+        results: ``"{metric}/{stage}"`` → float (empty when nothing was computed).
+        samples: samples this rank fed to the metrics (padding removed).
+        total_samples: samples over every rank (0 when nothing was computed).
+        empty_batches: steps of this rank skipped because they had no samples.
+    """
+
+    stage: str
+    index: int
+    computed: bool
+    results: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    total_samples: int = 0
+    empty_batches: int = 0
 
 
 class Stage:
@@ -45,14 +111,7 @@ class Stage:
         self.schedule = schedule
         self.specs = specs
         self._collector = Collector(compute_on_cpu)
-        self.bounds: dict[str, Bound] = {}
-        for metric_name, metric in metrics.items():
-            if isinstance(metric, torch.nn.Module):
-                self.bounds[metric_name] = TorchmetricBound(metric_name, metric)  # type: ignore[arg-type]
-            elif schedule.per_step:
-                self.bounds[metric_name] = PerStepBound(metric_name, metric)
-            else:
-                self.bounds[metric_name] = ExactBound(metric_name, metric)
+        self.bounds: dict[str, Bound] = {name: _bind(name, m, schedule.per_step) for name, m in metrics.items()}
         self.steps = 0
         self.epochs = 0
         self.device: torch.device | None = None
@@ -60,6 +119,7 @@ class Stage:
         self._sources: list[Source] = []
         self._exact: list[int] = []
         self._users: dict[int, tuple[str, str]] = {}
+        self._warned: set[str] = set()
         self.open = False
         self.accumulating = False
         self._resumed_open = False
@@ -87,8 +147,55 @@ class Stage:
         self.open = True
         self.accumulating = self.schedule.logs_epoch(self.epochs + 1)
 
-    def end_epoch(self, completed: bool) -> None:
-        """Close the epoch (counting it if it completed) and free its state."""
+    def finish(self, collectives: Collectives) -> EpochOutcome:
+        """Close the open epoch on every rank: agree, reduce, compute, share the results.
+
+        Every rank makes the same collective calls in the same order: the first exchange (the
+        statuses) tells every rank about a failure elsewhere and about any difference in what the
+        ranks are about to reduce; everything after depends only on what every rank received.
+
+        Returns:
+            The outcome, the same on every rank but for the rank-local counts.
+
+        Raises:
+            DistributedError: another rank failed, or the ranks disagree on what to reduce.
+            MetricError: a metric failed to compute on this rank.
+        """
+        index = self.epochs + 1
+        outcome = EpochOutcome(self.name, index, self.accumulating, samples=self.samples)
+        outcome.empty_batches = self.empty_batches
+        try:
+            statuses = share_status(
+                collectives,
+                self._status(index),
+                where=f"inside `with tracker.epoch({self.name!r})` (epoch {index})",
+                consequence="Nothing was logged for this epoch on any rank.",
+            )
+            self._check_agreement(statuses)
+            if self.accumulating:
+                outcome.total_samples = sum(s.samples for s in statuses)
+                if outcome.total_samples:
+                    outcome.results = self._compute(collectives, statuses, index)
+        except BaseException:
+            self._close(completed=False)
+            raise
+        self._close(completed=True)
+        return outcome
+
+    def fail(self, collectives: Collectives, error: BaseException) -> None:
+        """Close the open epoch after ``error`` in the user's block, telling the other ranks.
+
+        An ``Exception`` is announced to the other ranks (they raise a :class:`DistributedError`
+        at their epoch end); ``KeyboardInterrupt`` and other ``BaseException``s make no collective
+        call. Nothing is computed or logged; the epoch does not count.
+        """
+        try:
+            if isinstance(error, Exception) and collectives.world_size > 1:
+                share_status(collectives, None, error, where="", raise_own=False)
+        finally:
+            self._close(completed=False)
+
+    def _close(self, completed: bool) -> None:
         if completed:
             self.epochs += 1
         self.open = False
@@ -115,7 +222,7 @@ class Stage:
         if not (log_step or self.accumulating or padded):
             return {}
         values = self._extract(outputs)
-        n = batch_size if batch_size is not None else _batch_size(values)
+        n = batch_size if batch_size is not None else self._batch_size(values, outputs)
         self._check_devices(values)
         rows = n
         if padded:  # count every step's samples, so that the padding is found on any later step
@@ -126,25 +233,22 @@ class Stage:
             if rows == 0:  # a batch of the sampler's padding alone is not an empty batch
                 self.empty_batches += 1
             return {}
-        accumulate = self.accumulating
+        step_values = self._run_bounds(values, n, log_step)
+        if self.accumulating:
+            self._collect(values)
+            self.samples += n
+        if not self.open and not self._resumed_open:  # outside an epoch nothing would reset what forward() added
+            for bound in self.bounds.values():
+                bound.reset()
+        return step_values
+
+    def _run_bounds(self, values: list[Any], n: int, log_step: bool) -> dict[str, Any]:
         step_values: dict[str, Any] = {}
-        for bound, pos, kws in self._calls:  # type: ignore[union-attr]
+        for bound, pos, kws in self._calls or []:
             args = [values[i] for i in pos]
             kwargs = {k: values[i] for k, i in kws}
             try:
-                if isinstance(bound, TorchmetricBound):
-                    if log_step:
-                        step_values[bound.name] = bound.step_value(args, kwargs)
-                    elif bound.leader is None:
-                        bound.update(args, kwargs)
-                elif isinstance(bound, PerStepBound):
-                    value = bound.step_value(args, kwargs)
-                    if accumulate:
-                        bound.accumulate(value, n)
-                    if log_step:
-                        step_values[bound.name] = value
-                elif log_step:
-                    step_values[bound.name] = bound.step_value(args, kwargs)
+                value = bound.step(args, kwargs, n, log_step=log_step, accumulate=self.accumulating)
             except FabricMetricsError:
                 raise
             except Exception as err:
@@ -152,13 +256,8 @@ class Stage:
                     f"Metric `{bound.name}` failed on step {self.steps} of stage `{self.name}`: "
                     f"{type(err).__name__}: {err}"
                 ) from err
-        if accumulate:
-            self._collect(values, n)
-            self.samples += n
-        if not self.open and not self._resumed_open:  # outside an epoch nothing would reset what forward() added
-            for bound in self.bounds.values():
-                if isinstance(bound, TorchmetricBound):
-                    bound.reset()
+            if log_step:
+                step_values[bound.name] = value
         return step_values
 
     def _resolve(self, outputs: Mapping[str, Any]) -> None:
@@ -181,16 +280,23 @@ class Stage:
             n_pos = len(plan.positional)
             kws = tuple((k, ids[n_pos + j]) for j, (k, _) in enumerate(plan.keywords))
             calls.append((bound, tuple(ids[:n_pos]), kws))
+        exact = sorted({i for b, pos, kws in calls if isinstance(b, ExactBound) for i in (*pos, *(i for _, i in kws))})
+        self._plan_shared_updates(calls)
+        position = {source: j for j, source in enumerate(exact)}
+        for bound, pos, kws in calls:
+            if isinstance(bound, ExactBound):
+                bound.call = (tuple(position[i] for i in pos), tuple((k, position[i]) for k, i in kws))
+                bound.labels = [describe_source(sources[i]) for i in (*pos, *(i for _, i in kws))]
+        self._exact, self._sources, self._users, self._calls = exact, sources, users, calls
+
+    def _plan_shared_updates(self, calls: list[_Call]) -> None:
+        """Torchmetrics with the same arguments and update signature share one update (the first leads)."""
         shared: dict[Any, TorchmetricBound] = {}
         for bound, pos, kws in calls:
             signature = self.signatures.get(bound.name)
             if isinstance(bound, TorchmetricBound) and signature is not None:
                 leader = shared.setdefault((pos, kws, signature), bound)
                 bound.leader = None if leader is bound else leader
-        self._exact = sorted(
-            {i for b, pos, kws in calls if isinstance(b, ExactBound) for i in (*pos, *[i for _, i in kws])}
-        )
-        self._sources, self._users, self._calls = sources, users, calls
 
     def _extract(self, outputs: Mapping[str, Any]) -> list[Any]:
         values = []
@@ -211,18 +317,41 @@ class Stage:
                     ) from err
         return values
 
+    def _batch_size(self, values: list[Any], outputs: Mapping[str, Any]) -> int:
+        """The first dimension of the first batched argument, else of the step's other batched outputs.
+
+        A per-step mean of 0-d values (a batch-mean loss) is weighted by the batch size: when no needed
+        argument has a sample dimension, the step's other tensors and arrays tell it; when they
+        do not (none, or several sizes), each step weighs 1, with one warning.
+        """
+        for value in values:
+            size = first_dim(value)
+            if size is not None:
+                return size
+        batched = [v for v in outputs.values() if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0]
+        sizes = sorted({int(v.shape[0]) for v in batched})
+        if len(sizes) == 1:
+            return sizes[0]
+        if any(isinstance(b, PerStepBound) for b in self.bounds.values()) and "unweighted" not in self._warned:
+            self._warned.add("unweighted")
+            seen = f"the outputs have several sizes {sizes}" if sizes else "no output has a sample dimension"
+            warn(
+                f"Stage `{self.name}`: the per-step metrics' arguments have no sample dimension and {seen}, so the "
+                "epoch's mean weighs every step equally instead of by batch size. HINT: pass the batch size, "
+                f"tracker.step({self.name!r}, outputs, batch_size=len(x))."
+            )
+        return 1
+
     def _check_devices(self, values: list[Any]) -> None:
         for i, value in enumerate(values):
             if isinstance(value, torch.Tensor):
                 if self.device is None:
                     self._place(value.device)
                 elif value.device != self.device:
-                    name, label = self._users[i]
                     raise OutputsError(
-                        f"Metric `{name}` ({label}, {describe_source(self._sources[i])}) got a tensor on "
-                        f"{value.device}, "
-                        f"but stage `{self.name}` has run on {self.device}. HINT: keep the outputs of a stage on "
-                        "one device (e.g. move them with `.to(fabric.device)`)."
+                        f"{self._label(i)} got a tensor on {value.device}, but stage `{self.name}` has run on "
+                        f"{self.device}. HINT: keep the outputs of a stage on one device (e.g. move them with "
+                        "`.to(fabric.device)`)."
                     )
         if self.device is None:
             self._place(torch.device("cpu"))
@@ -238,198 +367,161 @@ class Stage:
                 bound.metric.to(device)
 
     def _drop_padding(self, values: list[Any], n: int) -> tuple[list[Any], int]:
-        keep = min(max(self.valid - self.seen, 0), n)  # type: ignore[operator]
+        """Keep the samples of this rank's share of ``num_samples``; the rest is the sampler's padding.
+
+        Raises:
+            OutputsError: more samples than the sampler can give this rank, or an argument whose rows
+                do not match the batch.
+        """
+        world_size = self._ranks[0]
+        valid = self.valid or 0
+        limit = -(-(self.num_samples or 0) // world_size)  # a DistributedSampler's share, padding included
+        if self.seen + n > limit:
+            ranks = f" on each of {world_size} ranks" if world_size > 1 else ""
+            raise OutputsError(
+                f"Stage `{self.name}` received {self.seen + n} samples in this epoch, more than the {limit}{ranks} "
+                f"that num_samples={self.num_samples} allows; the samples past it would be dropped as padding. HINT: "
+                "pass num_samples= the number of samples the sampler draws from over all ranks (e.g. "
+                "fabricmetrics.num_samples_of(loader), len(subset) with a SubsetRandomSampler), or leave it out."
+            )
+        keep = min(max(valid - self.seen, 0), n)
         self.seen += n
         for i, value in enumerate(values):
-            size = _first_dim(value)
+            size = first_dim(value)
             if size is not None and size != n:
-                name, label = self._users[i]
                 raise OutputsError(
-                    f"Metric `{name}` ({label}, {describe_source(self._sources[i])}) has {size} rows but the batch has "
-                    f"{n} samples, so the padding of the distributed sampler cannot be removed from it "
-                    f"(epoch opened with num_samples={self.num_samples}). HINT: give metrics per-sample arguments "
-                    "and combine them inside the metric, or pass batch_size= to step()."
+                    f"{self._label(i)} has {size} rows but the batch has {n} samples, so the padding of the "
+                    f"distributed sampler cannot be removed from it (epoch opened with num_samples={self.num_samples})."
+                    " HINT: give metrics per-sample arguments and combine them inside the metric, or pass batch_size= "
+                    "to step()."
                 )
         if keep < n:
-            values = [v[:keep] if _first_dim(v) is not None else v for v in values]
+            values = [v[:keep] if first_dim(v) is not None else v for v in values]
         return values, keep
 
-    def _collect(self, values: list[Any], n: int) -> None:
+    def _collect(self, values: list[Any]) -> None:
         where = f"step {self.steps}"
         for i in self._exact:
-            self._collector.add(i, values[i], lambda i=i: self._label(i), where, self.name)  # type: ignore[misc]
-        for bound, pos, kws in self._calls:  # type: ignore[union-attr]
-            if isinstance(bound, ExactBound):
-                ids = (*pos, *(i for _, i in kws))
-                sizes = {self._sources[i]: values[i].shape[0] for i in ids if _first_dim(values[i]) is not None}
-                if len(set(sizes.values())) > 1:
-                    shown = {describe_source(s): v for s, v in sizes.items()}
-                    raise OutputsError(
-                        f"Metric `{bound.name}` received arguments with different numbers of rows {shown} on step "
-                        f"{self.steps} of stage `{self.name}`; in exact mode they are collected per sample. HINT: "
-                        "return per-sample values of the same length."
-                    )
+            self._collector.add(i, values[i], functools.partial(self._label, i), where, self.name)
 
     # ----------------------------------------------------------------------------------------------
     # epoch end
-    def local_meta(self) -> dict[str, Any]:
-        """What the other ranks need to know before the reduction (small and picklable)."""
-        exact_calls = None
-        layouts: list[Any] = []
-        counts: list[int] = []
-        if self._calls is not None:
-            position = {src: j for j, src in enumerate(self._exact)}
-            exact_calls = {
-                b.name: ([position[i] for i in pos], [(k, position[i]) for k, i in kws])
-                for b, pos, kws in self._calls
-                if isinstance(b, ExactBound)
-            }
-            layouts = [self._collector.layout(i) for i in self._exact]
-            counts = [self._collector.count(i) for i in self._exact]
-        per_step = {n: b.keys for n, b in self.bounds.items() if isinstance(b, PerStepBound)}
-        leaders = None
-        if self._calls is not None:
-            leaders = {
-                n: b.leader.name if b.leader is not None else None
-                for n, b in self.bounds.items()
-                if isinstance(b, TorchmetricBound)
-            }
-        return {
-            "samples": self.samples,
-            "leaders": leaders,
-            "exact_calls": exact_calls,
-            "layouts": layouts,
-            "counts": counts if self._calls is not None else None,
-            "per_step": per_step,
-        }
+    def _status(self, index: int) -> EpochStatus:
+        """This rank's status: what it is about to reduce, and what the others need to know."""
+        fingerprint = [
+            ("stage", self.name),
+            ("epoch", str(index)),
+            ("computes this epoch", str(self.accumulating)),
+            ("metrics", ", ".join(self.bounds)),
+        ]
+        fingerprint += [(f"metric `{name}`", bound.describe()) for name, bound in self.bounds.items()]
+        planned = self._calls is not None
+        return EpochStatus(
+            fingerprint=tuple(fingerprint),
+            samples=self.samples,
+            planned=planned,
+            bounds=tuple(bound.summary() for bound in self.bounds.values()) if planned else (),
+            sources=tuple((self._collector.layout(i), self._collector.count(i)) for i in self._exact),
+        )
 
-    def reduce(
-        self, collectives: Collectives, metas: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], dict[str, BaseException]]:
-        """Reduce over ranks and compute every metric of the epoch.
+    def _check_agreement(self, statuses: list[EpochStatus]) -> None:
+        """Raise the same :class:`DistributedError` on every rank if the ranks' fingerprints differ."""
+        reference = statuses[0].fingerprint
+        differing = [rank for rank, status in enumerate(statuses) if status.fingerprint != reference]
+        if not differing:
+            return
+        other = statuses[differing[0]].fingerprint
+        label, mine, theirs = next(
+            ((a[0], a[1], b[1]) for a, b in zip(reference, other, strict=False) if a != b),
+            ("metrics", str(len(reference)), str(len(other))),
+        )
+        hint = _AGREEMENT_HINTS.get(label, _METRIC_HINT)
+        raise DistributedError(
+            f"The ranks are not reducing the same thing at this epoch end (stage `{self.name}` here): {label} is "
+            f"{_short(mine)} on rank 0 but {_short(theirs)} on rank {differing[0]} (ranks that differ from rank 0: "
+            f"{differing}). Nothing was logged for this epoch on any rank. HINT: {hint}."
+        )
 
-        Every rank makes the same collective calls in the same order: they depend only on ``metas``,
-        which every rank holds identically.
-
-        Returns:
-            The values by flat key (``acc``, ``f1_0``, ``report_MAE``, … before the stage suffix),
-            and the errors raised while computing, by metric name.
-        """
+    def _compute(self, collectives: Collectives, statuses: list[EpochStatus], index: int) -> dict[str, float]:
+        """Reduce every bound over ranks, compute, and share the results (rank 0's floats) with every rank."""
+        self._adopt_leaders(statuses)
+        reduction = Reduction(collectives, lambda j: self._gather_source(collectives, statuses, j), self.name)
         flat: dict[str, Any] = {}
         errors: dict[str, BaseException] = {}
-        if sum(m["samples"] for m in metas) == 0:
-            return flat, errors
-        per_step = self._reduce_per_step(collectives, metas)
-        gathered = self._gather_exact(collectives, metas)
-        self._agree_on_leaders(metas)
-        synced = [b for b in self.bounds.values() if isinstance(b, TorchmetricBound) and b.leader is None]
-        for leader in synced:
-            try:
-                leader.sync(collectives)
-            except Exception as err:
-                errors[leader.name] = err
-        for bound in self.bounds.values():
-            if isinstance(bound, TorchmetricBound) and bound.leader is not None:
-                bound.adopt_leader_state()
+        bounds = list(self.bounds.values())
         try:
-            for name, bound in self.bounds.items():
+            for i, bound in enumerate(bounds):
+                bound.reduce(reduction, [s.bounds[i] if s.planned else None for s in statuses])
+            reduction.run()
+            for bound in bounds:
                 try:
-                    if isinstance(bound, PerStepBound):
-                        flat.update(per_step.get(name, {}))
-                    elif isinstance(bound, TorchmetricBound):
-                        source: TorchmetricBound = bound.leader or bound
-                        if source.name in errors:
-                            raise MetricError(f"synchronising `{source.name}` failed") from errors[source.name]
-                        with warnings.catch_warnings():
-                            warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
-                            flat.update(flatten_value(name, bound.compute()))
-                    elif isinstance(bound, ExactBound) and gathered is not None:
-                        data, calls = gathered
-                        pos, kws = calls[name]
-                        value = bound.compute([data[j] for j in pos], {k: data[j] for k, j in kws})
-                        flat.update(flatten_value(name, value))
+                    flat.update(bound.value(reduction))
                 except Exception as err:
-                    errors.setdefault(name, err)
+                    errors[bound.name] = err
         finally:
-            for leader in synced:
-                leader.unsync()
-        return flat, errors
+            for bound in bounds:
+                bound.release()
+        return self._share_results(collectives, flat, errors, index)
 
-    def _agree_on_leaders(self, metas: list[dict[str, Any]]) -> None:
+    def _share_results(
+        self, collectives: Collectives, flat: dict[str, Any], errors: dict[str, BaseException], index: int
+    ) -> dict[str, float]:
+        """Exchange errors and rank 0's values; raise on every rank if any metric failed anywhere."""
+        floats = to_floats(list(flat.values()))
+        outcomes = collectives.all_gather_object(
+            (
+                {name: f"{type(err).__name__}: {err}" for name, err in errors.items()},
+                dict(zip(flat, floats, strict=True)) if collectives.is_main else None,
+            )
+        )
+        for rank, (failed, _) in enumerate(outcomes):
+            for name, message in failed.items():
+                where = f" on rank {rank}" if collectives.world_size > 1 else ""
+                text = f"Metric `{name}` failed{where} at the end of epoch {index} of stage `{self.name}`: {message}"
+                if rank == collectives.rank:
+                    raise MetricError(text) from errors[name]
+                raise DistributedError(text)
+        return {f"{key}/{self.name}": value for key, value in outcomes[0][1].items()}
+
+    def _adopt_leaders(self, statuses: list[EpochStatus]) -> None:
         """Take the shared-update leaders of the ranks that stepped, so every rank syncs the same metrics.
 
         A rank that ran no step of this epoch's stage never planned its arguments, so it has no
         leaders of its own; without this it would sync every torchmetric while the others sync only
         the leaders, and the collectives would fall out of step.
         """
-        plans = [(rank, m["leaders"]) for rank, m in enumerate(metas) if m["leaders"] is not None]
+        names = list(self.bounds)
+        plans = [
+            (rank, {n: s.bounds[i] for i, n in enumerate(names) if isinstance(self.bounds[n], TorchmetricBound)})
+            for rank, s in enumerate(statuses)
+            if s.planned
+        ]
         if not plans:
             return
-        if any(plan != plans[0][1] for _, plan in plans):  # every rank sees the same metas: all raise alike
+        if any(plan != plans[0][1] for _, plan in plans):  # every rank sees the same statuses: all raise alike
             raise OutputsError(
                 f"Stage `{self.name}`: the ranks resolved the metrics' arguments differently (shared updates per "
                 f"rank: {plans}). HINT: return the same output keys from every rank's step."
             )
         for name, leader in plans[0][1].items():
             bound = self.bounds[name]
-            assert isinstance(bound, TorchmetricBound)
-            bound.leader = None if leader is None else self.bounds[leader]  # type: ignore[assignment]
+            if isinstance(bound, TorchmetricBound):
+                chosen = None if leader is None else self.bounds[leader]
+                bound.leader = chosen if isinstance(chosen, TorchmetricBound) else None
 
-    def _reduce_per_step(self, collectives: Collectives, metas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """One all-reduce of (weighted sums, counts) for every per-step metric; flat values by metric."""
-        keys: dict[str, list[str] | None] = {}
-        for n, b in self.bounds.items():
-            if not isinstance(b, PerStepBound):
-                continue
-            seen = [(rank, m["per_step"][n]) for rank, m in enumerate(metas) if m["per_step"][n] is not None]
-            if len({tuple(k) for _, k in seen}) > 1:  # every rank sees the same metas: all raise alike
-                raise MetricError(
-                    f"Metric `{n}` of stage `{self.name}` returned values named differently on different ranks "
-                    f"(rank, names: {seen}); their means over ranks cannot be taken. HINT: return the same keys on "
-                    "every rank, e.g. one value per class of a fixed list of classes, not of the classes present."
-                )
-            keys[n] = seen[0][1] if seen else None
-        live = [(self.bounds[n], k) for n, k in keys.items() if k is not None]
-        if not live:
-            return {}
-        device = collectives.device
-        parts = [
-            (torch.zeros(len(k)) if b.total is None else torch.as_tensor(b.total)).to(device, torch.float64)  # type: ignore[attr-defined]
-            for b, k in live
-        ]
-        counts = torch.tensor([float(b.count) for b, _ in live], dtype=torch.float64, device=device)  # type: ignore[attr-defined]
-        reduced = collectives.all_reduce_sum(torch.cat([*parts, counts])).tolist()
-        totals, global_counts = reduced[: -len(live)], reduced[-len(live) :]
-        by_metric: dict[str, dict[str, Any]] = {}
-        offset = 0
-        for (bound, k), count in zip(live, global_counts, strict=True):
-            chunk = totals[offset : offset + len(k)]
-            by_metric[bound.name] = {key: t / count if count > 0 else math.nan for key, t in zip(k, chunk, strict=True)}
-            offset += len(k)
-        return by_metric
-
-    def _gather_exact(
-        self, collectives: Collectives, metas: list[dict[str, Any]]
-    ) -> tuple[list[Any], dict[str, Any]] | None:
-        reference = next((m for m in metas if m["exact_calls"] is not None), None)
-        if reference is None or not reference["exact_calls"]:
-            return None
-        layouts = []
-        for j in range(len(reference["layouts"])):
-            seen = [(rank, m["layouts"][j]) for rank, m in enumerate(metas) if m["layouts"] and m["layouts"][j]]
-            if len({layout for _, layout in seen}) > 1:  # every rank sees the same metas: all raise alike
-                raise OutputsError(
-                    f"Stage `{self.name}`: the ranks collected differently shaped or typed values for the same "
-                    f"argument (kind, trailing shape, dtype per rank: {seen}). HINT: return the same dtype and "
-                    "per-sample shape from every rank."
-                )
-            layouts.append(seen[0][1] if seen else None)
-        data = []
-        for j, layout in enumerate(layouts):
-            index = self._exact[j] if self._calls is not None else None
-            counts = [m["counts"][j] if m["counts"] is not None else 0 for m in metas]
-            data.append(self._collector.gather(collectives, index, layout, counts))
-        return data, reference["exact_calls"]
+    def _gather_source(self, collectives: Collectives, statuses: list[EpochStatus], position: int) -> Any:
+        """Every rank's samples of one collected exact-mode source (layouts checked to agree)."""
+        entries = [(rank, s.sources[position]) for rank, s in enumerate(statuses) if position < len(s.sources)]
+        seen = [(rank, layout) for rank, (layout, _) in entries if layout]
+        if len({layout for _, layout in seen}) > 1:  # every rank sees the same statuses: all raise alike
+            raise OutputsError(
+                f"Stage `{self.name}`: the ranks collected differently shaped or typed values for the same "
+                f"argument (kind, trailing shape, dtype per rank: {seen}). HINT: return the same dtype and "
+                "per-sample shape from every rank."
+            )
+        counts = [s.sources[position][1] if position < len(s.sources) else 0 for s in statuses]
+        index = self._exact[position] if self._calls is not None else None
+        return self._collector.gather(collectives, index, seen[0][1] if seen else None, counts)
 
     # ----------------------------------------------------------------------------------------------
     # state
@@ -437,7 +529,7 @@ class Stage:
         """Each metric's kind in this stage: ``"torchmetric"``, ``"per_step"`` or ``"exact"``."""
         return {n: b.kind for n, b in self.bounds.items()}
 
-    def check_state(self, state: Mapping[str, Any], world_size: int, rank: int) -> None:
+    def check_state(self, state: Any, world_size: int, rank: int) -> None:
         """Raise if :meth:`load_state_dict` cannot restore ``state`` into this stage on this rank.
 
         Only an epoch that was open at the checkpoint carries metric state: it must hold exactly this
@@ -446,8 +538,14 @@ class Stage:
         added, removed or changed (the history continues; a new metric starts with the next epoch).
 
         Raises:
-            ConfigurationError: the checkpoint's metrics or ranks do not fit (the message says how).
+            ConfigurationError: the state is not a stage's, or its metrics or ranks do not fit.
         """
+        if not isinstance(state, Mapping) or not {"steps", "epochs", "open"} <= set(state):
+            raise ConfigurationError(
+                f"The checkpoint's state of stage `{self.name}` is incomplete (keys "
+                f"{sorted(state) if isinstance(state, Mapping) else type(state).__name__}). HINT: pass what "
+                "tracker.state_dict() returned."
+            )
         epoch = state.get("epoch")
         if not state.get("open") or not epoch:
             return
@@ -467,6 +565,8 @@ class Stage:
                 f"tracker has {mine}. HINT: resume with the metrics and schedules of the run that saved the "
                 "checkpoint, or checkpoint between epochs."
             )
+        for name, bound_state in epoch["bounds"].items():
+            self.bounds[name].check_state(bound_state)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, each metric's kind and, for an open epoch, everything accumulated so far."""
@@ -485,7 +585,7 @@ class Stage:
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; an epoch that was open continues at the next ``epoch()``."""
+        """Restore :meth:`state_dict` (after :meth:`check_state`); an open epoch continues at the next ``epoch()``."""
         self.steps, self.epochs = int(state["steps"]), int(state["epochs"])
         epoch = state.get("epoch")
         self._reset_epoch(None, 1, 0)
@@ -499,17 +599,14 @@ class Stage:
         self._collector.load_state_dict(epoch["collected"])
 
 
-def _first_dim(value: Any) -> int | None:
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        return int(value.shape[0]) if value.ndim > 0 else None
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return None
+def _bind(name: str, metric: Any, per_step: bool) -> Bound:
+    """The bound kind of one metric: torchmetrics accumulate their own state; callables by the schedule."""
+    from torchmetrics import Metric
+
+    if isinstance(metric, Metric):
+        return TorchmetricBound(name, metric)
+    return PerStepBound(name, metric) if per_step else ExactBound(name, metric)
 
 
-def _batch_size(values: list[Any]) -> int:
-    for value in values:
-        size = _first_dim(value)
-        if size is not None:
-            return size
-    return 1
+def _short(text: str, limit: int = 160) -> str:
+    return repr(text) if len(text) <= limit else repr(text[: limit - 1] + "…")

@@ -1,25 +1,40 @@
 """One metric bound to one stage: torchmetrics state, per-step mean, or exact collection.
 
-A bound metric owns the stage-local state of one metric. The stage (``fabricmetrics._stage``)
-feeds it the arguments of each step and, at the end of an epoch, does the cross-rank work in a fixed
-order and asks each bound metric for its value.
+Each kind of bound metric is a strategy that owns its update, the summary it tells the other ranks
+at an epoch end, its reduction across ranks and its value, so the stage (``fabricmetrics._stage``)
+loops over its bounds without asking what they are — as each ``torchmetrics.Metric`` owns its
+``update`` and ``compute`` and declares its reductions.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torchmetrics import Metric
 
+from fabricmetrics import _tm
 from fabricmetrics._values import flatten_value, to_numpy
-from fabricmetrics.exceptions import MetricError
+from fabricmetrics.distributed import Collectives
+from fabricmetrics.exceptions import ConfigurationError, MetricError, OutputsError
 
-__all__ = ["Bound", "ExactBound", "PerStepBound", "TorchmetricBound", "update_signature", "wants_numpy"]
+__all__ = [
+    "Bound",
+    "ExactBound",
+    "PerStepBound",
+    "Reduction",
+    "TorchmetricBound",
+    "first_dim",
+    "update_signature",
+    "wants_numpy",
+]
 
 
 def wants_numpy(fn: Any) -> bool:
@@ -84,10 +99,17 @@ def update_signature(metric: Metric) -> tuple[Any, ...] | None:
         if not hasattr(metric, name):
             return None
         hyper.append((name, _hashable(getattr(metric, name))))
-    methods = tuple((n, getattr(cls, n)) for n in sorted(dir(cls)) if n == "update" or n.startswith("_update"))
-    states = tuple((k, _hashable(d), metric._reductions[k]) for k, d in metric._defaults.items())
+    methods = tuple(
+        (n, _describe_callable(getattr(cls, n))) for n in sorted(dir(cls)) if n == "update" or n.startswith("_update")
+    )
+    reductions = _tm.reductions(metric)
+    states = tuple((k, _hashable(d), _describe_reduction(reductions[k])) for k, d in _tm.defaults(metric).items())
     flags = (metric.full_state_update, metric.dist_sync_on_step, metric.compute_on_cpu)
-    return (owner, methods, states, tuple(hyper), flags)
+    return (f"{owner.__module__}.{owner.__qualname__}", methods, states, tuple(hyper), flags)
+
+
+def _describe_reduction(reduction: Any) -> Any:
+    return None if reduction is None else _describe_callable(reduction)
 
 
 def _hashable(value: Any) -> Any:
@@ -107,40 +129,138 @@ def _never_distributed() -> bool:
     return False
 
 
-class Bound:
-    """Base of the three kinds of bound metric.
+class Reduction:
+    """The cross-rank work of one epoch end, shared by the bounds of a stage.
+
+    In :meth:`Bound.reduce` each bound registers what it needs (a vector to sum over ranks, the
+    exact-mode sources to gather) or makes its own collectives (a torchmetric's state sync). Every
+    rank calls the bounds in the same order with the same summaries, so the registrations, and the
+    collectives of :meth:`run`, are the same on every rank: one all-reduce of every registered sum,
+    then one gather per wanted source, in source order.
+
+    Args:
+        collectives: the epoch end's collectives.
+        gather_source: gathers the exact-mode source at a position over ranks.
+        stage: the stage's name, for messages.
+    """
+
+    def __init__(self, collectives: Collectives, gather_source: Callable[[int], Any], stage: str = "") -> None:
+        """Start with nothing registered."""
+        self.collectives = collectives
+        self.stage = stage
+        self._gather_source = gather_source
+        self._vectors: list[torch.Tensor] = []
+        self._sums: list[list[float]] = []
+        self._wanted: set[int] = set()
+        self._sources: dict[int, Any] = {}
+
+    def add_sum(self, vector: torch.Tensor) -> int:
+        """Register a 1-D vector to sum over ranks; returns the handle for :meth:`sums`."""
+        self._vectors.append(vector.reshape(-1))
+        return len(self._vectors) - 1
+
+    def want_sources(self, positions: Sequence[int]) -> None:
+        """Register exact-mode sources (positions in the stage's list of collected sources) to gather."""
+        self._wanted.update(positions)
+
+    def run(self) -> None:
+        """Make the registered collectives: one all-reduce of the sums, one gather per source."""
+        if self._vectors:
+            device = self.collectives.device
+            dtype = _float_dtype(device)
+            flat = torch.cat([v.to(device, dtype) for v in self._vectors])
+            reduced = self.collectives.all_reduce_sum(flat).tolist()
+            offset = 0
+            for vector in self._vectors:
+                self._sums.append(reduced[offset : offset + vector.numel()])
+                offset += vector.numel()
+        for position in sorted(self._wanted):
+            self._sources[position] = self._gather_source(position)
+
+    def sums(self, handle: int) -> list[float]:
+        """The sum over ranks of the vector registered as ``handle``."""
+        return self._sums[handle]
+
+    def source(self, position: int) -> Any:
+        """Every rank's samples of the exact-mode source at ``position``."""
+        return self._sources[position]
+
+
+class Bound(ABC):
+    """One metric bound to one stage; each kind owns its update, summary, reduction and value.
+
+    The stage calls, for every step, :meth:`step`; at an epoch end, on every rank and in the same
+    order: :meth:`summary` (travels in the epoch-end status), :meth:`reduce` (with every rank's
+    summary), then :meth:`value` and finally :meth:`release`.
 
     Attributes:
         name: the metric's name.
         kind: ``"torchmetric"``, ``"per_step"`` or ``"exact"`` (recorded in checkpoints).
     """
 
-    name: str
-    kind: str
+    kind: ClassVar[str]
 
-    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """The metric's value on one batch (rank-local), for step-level logging."""
-        raise NotImplementedError
+    def __init__(self, name: str) -> None:
+        """Name the bound."""
+        self.name = name
+
+    @abstractmethod
+    def describe(self) -> str:
+        """What this bound computes, as a string that is equal on ranks configured alike."""
+
+    @abstractmethod
+    def step(self, args: list[Any], kwargs: dict[str, Any], n: int, *, log_step: bool, accumulate: bool) -> Any:
+        """Feed one batch of ``n`` samples; return its (rank-local) value when ``log_step``, else ``None``."""
+
+    def summary(self) -> Any:
+        """What the other ranks need to know of this rank's epoch (small and picklable)."""
+        return None
+
+    @abstractmethod
+    def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:
+        """Register, or make, this bound's cross-rank work.
+
+        Args:
+            reduction: the epoch end's shared reduction.
+            summaries: every rank's :meth:`summary`, in rank order (the same list on every rank).
+
+        Raises:
+            FabricMetricsError: only for a problem every rank sees alike in ``summaries``.
+        """
+
+    @abstractmethod
+    def value(self, reduction: Reduction) -> list[tuple[str, Any]]:
+        """The epoch's value over every rank, as flat ``(key, scalar)`` pairs (after ``reduction.run()``)."""
+
+    def release(self) -> None:
+        """Undo what :meth:`reduce` changed in the local state (always called after an epoch end)."""
+        return
 
     def reset(self) -> None:
         """Forget the epoch's state."""
+        return
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch's state as tensors and plain containers."""
         return {}
 
+    def check_state(self, state: Any) -> None:
+        """Raise a :class:`ConfigurationError` if :meth:`load_state_dict` cannot restore ``state``."""
+        return
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (after :meth:`check_state`)."""
+        return
 
 
 class TorchmetricBound(Bound):
     """A per-stage clone of a ``torchmetrics.Metric`` that accumulates its own state.
 
-    The clone never synchronises by itself (its ``distributed_available_fn`` says no); the stage
-    syncs it once per compute through the tracker's collectives. When another metric of the stage
-    has the same arguments and an update that provably produces the same state (see
-    :func:`update_signature`), that metric is this one's ``leader``: only the leader is updated
-    on silent steps, and this one adopts the leader's state before computing.
+    The clone never synchronises by itself; :meth:`reduce` syncs it once through the tracker's
+    collectives. When another metric of the stage has the same arguments and an update that
+    provably produces the same state (see :func:`update_signature`), that metric is this one's
+    ``leader``: only the leader is updated on silent steps, and this one adopts the leader's state
+    before computing.
 
     Attributes:
         leader: the metric whose state this one shares, or ``None``.
@@ -155,52 +275,59 @@ class TorchmetricBound(Bound):
             name: the metric's name.
             metric: the user's metric; it is cloned, never updated itself.
         """
-        self.name = name
+        super().__init__(name)
         self.metric = metric.clone()
         self.metric.reset()
-        # The stage syncs the clone explicitly, once, before computing; it must never sync by itself
-        # (an implicit sync inside compute or forward would be a second, unordered collective).
-        self.metric.distributed_available_fn = _never_distributed
-        self.metric.sync_on_compute = False
-        self.metric._to_sync = False
+        _tm.detach_auto_sync(self.metric, _never_distributed)
         self.leader: TorchmetricBound | None = None
+        self._sync_error: BaseException | None = None
 
-    def update(self, args: list[Any], kwargs: dict[str, Any]) -> None:
-        """Add one batch to the state."""
-        self.metric.update(*args, **kwargs)
+    def describe(self) -> str:
+        """The metric's class and what determines its update (see :func:`update_signature`)."""
+        cls = type(self.metric)
+        signature = update_signature(self.metric)
+        detail = "" if signature is None else f" {signature[2:]!r}"
+        return f"torchmetric {cls.__module__}.{cls.__qualname__}{detail}"
 
-    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Add one batch to the state and return its value on that batch (``forward``)."""
-        return self.metric(*args, **kwargs)
+    def step(self, args: list[Any], kwargs: dict[str, Any], n: int, *, log_step: bool, accumulate: bool) -> Any:
+        """Update the state: ``forward`` on a logged step (its batch value), else ``update`` (leaders only)."""
+        if log_step:
+            return self.metric(*args, **kwargs)
+        if self.leader is None:
+            self.metric.update(*args, **kwargs)
+        return None
 
-    def sync(self, collectives: Any) -> None:
-        """Replace the local state by the state of all ranks (one gather per state tensor).
+    def summary(self) -> Any:
+        """The name of the leader whose update serves this metric, or ``None``."""
+        return None if self.leader is None else self.leader.name
 
-        Args:
-            collectives: the :class:`~fabricmetrics.distributed.Collectives` of this epoch end.
-        """
-        if collectives.world_size > 1:
+    def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:
+        """Replace the local state by every rank's (one gather per state); a leader's follower waits."""
+        if self.leader is not None or reduction.collectives.world_size == 1:
+            return
+        try:
             self.metric.sync(
-                dist_sync_fn=collectives.torchmetrics_sync_fn, should_sync=True, distributed_available=_always
+                dist_sync_fn=reduction.collectives.torchmetrics_sync_fn, should_sync=True, distributed_available=_always
             )
+        except Exception as err:
+            self._sync_error = err
 
-    def unsync(self) -> None:
-        """Restore the local state after :meth:`sync`."""
-        if self.metric._is_synced:
+    def value(self, reduction: Reduction) -> list[tuple[str, Any]]:
+        """``compute()`` on the synced state (a follower first adopts its leader's)."""
+        source = self.leader or self
+        if source._sync_error is not None:
+            raise MetricError(f"synchronising `{source.name}` failed") from source._sync_error
+        if self.leader is not None:
+            _tm.set_state(self.metric, _tm.state(self.leader.metric), _tm.update_count(self.leader.metric))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
+            return flatten_value(self.name, self.metric.compute())
+
+    def release(self) -> None:
+        """Restore the local state after a sync."""
+        self._sync_error = None
+        if _tm.is_synced(self.metric):
             self.metric.unsync()
-
-    def adopt_leader_state(self) -> None:
-        """Take the (synced) state of :attr:`leader`, whose update served this metric."""
-        assert self.leader is not None
-        source = self.leader.metric
-        for key in self.metric._defaults:
-            setattr(self.metric, key, getattr(source, key))
-        self.metric._update_count = source._update_count
-        self.metric._computed = None
-
-    def compute(self) -> Any:
-        """The metric's value on its current state (restores the local state if it was synced)."""
-        return self.metric.compute()
 
     def reset(self) -> None:
         """Reset the torchmetrics state."""
@@ -208,18 +335,25 @@ class TorchmetricBound(Bound):
 
     def state_dict(self) -> dict[str, Any]:
         """Every state of the metric (also the non-persistent ones) and its update count."""
-        states = {key: _detach(getattr(self.metric, key)) for key in self.metric._defaults}
-        return {"states": states, "update_count": int(self.metric._update_count)}
+        states = {key: _detach(value) for key, value in _tm.state(self.metric).items()}
+        return {"states": states, "update_count": _tm.update_count(self.metric)}
+
+    def check_state(self, state: Any) -> None:
+        """The state must hold exactly this metric's states."""
+        if not isinstance(state, Mapping) or not isinstance(state.get("states"), Mapping):
+            raise ConfigurationError(f"The checkpoint's state of metric `{self.name}` is not a torchmetrics state.")
+        unknown = sorted(set(state["states"]) - set(_tm.defaults(self.metric)))
+        if unknown:
+            raise ConfigurationError(
+                f"Metric `{self.name}` has no state {unknown}; the checkpoint is of another metric. HINT: resume with "
+                "the metrics of the run that saved the checkpoint, or checkpoint between epochs."
+            )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` onto the metric's device."""
         device = self.metric.device
-        for key, value in state["states"].items():
-            if key not in self.metric._defaults:
-                raise MetricError(f"Metric `{self.name}` has no state `{key}`; the checkpoint is of another metric.")
-            setattr(self.metric, key, _to_device(value, device))
-        self.metric._update_count = int(state["update_count"])
-        self.metric._computed = None
+        states = {key: _to_device(value, device) for key, value in state["states"].items()}
+        _tm.set_state(self.metric, states, int(state["update_count"]))
 
 
 class _CallableBound(Bound):
@@ -232,12 +366,16 @@ class _CallableBound(Bound):
             name: the metric's name.
             fn: the metric callable.
         """
-        self.name = name
+        super().__init__(name)
         self.fn = fn
         self.numpy_args = wants_numpy(fn)
 
-    def step_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Apply the callable to one batch (without autograd)."""
+    def describe(self) -> str:
+        """The kind and the callable's qualified name (and a partial's bound arguments)."""
+        return f"{self.kind} {_describe_callable(self.fn)}"
+
+    def apply(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Apply the callable (without autograd)."""
         if self.numpy_args:
             args = [to_numpy(a) for a in args]
             kwargs = {k: to_numpy(v) for k, v in kwargs.items()}
@@ -256,6 +394,14 @@ class PerStepBound(_CallableBound):
         self.keys: list[str] | None = None
         self.total: Any = None
         self.count = 0
+        self._handle: tuple[int, list[str]] | None = None
+
+    def step(self, args: list[Any], kwargs: dict[str, Any], n: int, *, log_step: bool, accumulate: bool) -> Any:
+        """Apply the callable to the batch; add ``n × value`` to the weighted sum when accumulating."""
+        value = self.apply(args, kwargs)
+        if accumulate:
+            self.accumulate(value, n)
+        return value if log_step else None
 
     def accumulate(self, value: Any, batch_size: int) -> None:
         """Add ``batch_size * value`` to the weighted sum (on the value's device, no sync)."""
@@ -264,6 +410,46 @@ class PerStepBound(_CallableBound):
         weighted = vector * batch_size
         self.total = weighted if self.total is None else self.total + weighted
         self.count += batch_size
+
+    def summary(self) -> Any:
+        """The names of the values (``None`` before the first accumulated batch)."""
+        return self.keys
+
+    def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:
+        """Register ``(weighted sums, count)`` for the stage's one all-reduce.
+
+        Raises:
+            MetricError: the ranks' values are named differently (every rank raises alike).
+        """
+        seen = [(rank, keys) for rank, keys in enumerate(summaries) if keys is not None]
+        if len({tuple(keys) for _, keys in seen}) > 1:
+            raise MetricError(
+                f"Metric `{self.name}` of stage `{reduction.stage}` returned values named differently on different "
+                f"ranks (rank, names: {seen}); "
+                "their means over ranks cannot be taken. HINT: return the same keys on every rank, e.g. one value "
+                "per class of a fixed list of classes, not of the classes present."
+            )
+        if not seen:
+            self._handle = None
+            return
+        keys = seen[0][1]
+        total = torch.zeros(len(keys), dtype=torch.float64) if self.total is None else torch.as_tensor(self.total)
+        vector = torch.cat(
+            [total.reshape(-1).to(torch.float64), torch.tensor([float(self.count)], dtype=torch.float64)]
+        )
+        self._handle = (reduction.add_sum(vector), keys)
+
+    def value(self, reduction: Reduction) -> list[tuple[str, Any]]:
+        """The weighted means over every rank's batches (NaN without samples)."""
+        if self._handle is None:
+            return []
+        handle, keys = self._handle
+        *totals, count = reduction.sums(handle)
+        return [(key, total / count if count > 0 else math.nan) for key, total in zip(keys, totals, strict=True)]
+
+    def release(self) -> None:
+        """Forget the registration."""
+        self._handle = None
 
     def reset(self) -> None:
         """Forget the weighted sum and the value names (each epoch starts afresh)."""
@@ -279,6 +465,11 @@ class PerStepBound(_CallableBound):
             "numpy": isinstance(self.total, np.ndarray),
         }
 
+    def check_state(self, state: Any) -> None:
+        """The state must hold a weighted sum, a count and the value names."""
+        if not isinstance(state, Mapping) or not {"total", "count", "keys", "numpy"} <= set(state):
+            raise ConfigurationError(f"The checkpoint's state of metric `{self.name}` is not a per-step mean's state.")
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         total = state["total"]
@@ -287,17 +478,93 @@ class PerStepBound(_CallableBound):
 
 
 class ExactBound(_CallableBound):
-    """A callable computed once on the arguments collected over the whole epoch."""
+    """A callable computed once on the arguments collected over the whole epoch.
+
+    The stage collects the arguments (sources shared by several exact metrics are kept once);
+    :attr:`call` says where this metric's arguments sit among them.
+
+    Attributes:
+        call: positions of the positional and keyword arguments among the stage's collected
+            sources, ``None`` until the stage has planned its arguments.
+        labels: a description of each argument, for messages.
+    """
 
     kind = "exact"
 
-    def compute(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Apply the callable to the epoch's arguments (gathered over ranks)."""
-        return self.step_value(args, kwargs)
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        """Bind ``fn``; the stage sets :attr:`call` on its first step."""
+        super().__init__(name, fn)
+        self.call: tuple[tuple[int, ...], tuple[tuple[str, int], ...]] | None = None
+        self.labels: list[str] = []
+        self._agreed: tuple[tuple[int, ...], tuple[tuple[str, int], ...]] | None = None
+
+    def step(self, args: list[Any], kwargs: dict[str, Any], n: int, *, log_step: bool, accumulate: bool) -> Any:
+        """Check that the arguments share the sample dimension; return the batch value when ``log_step``.
+
+        Raises:
+            OutputsError: the arguments have different numbers of rows.
+        """
+        if accumulate:
+            sizes = [first_dim(v) for v in (*args, *kwargs.values())]
+            known = {(label, size) for label, size in zip(self.labels, sizes, strict=False) if size is not None}
+            if len({size for _, size in known}) > 1:
+                raise OutputsError(
+                    f"Metric `{self.name}` received arguments with different numbers of rows {dict(sorted(known))}; in "
+                    "exact mode they are collected per sample. HINT: return per-sample values of the same length."
+                )
+        return self.apply(args, kwargs) if log_step else None
+
+    def summary(self) -> Any:
+        """Where the arguments sit among the collected sources (``None`` on a rank that never stepped)."""
+        return self.call
+
+    def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:
+        """Ask for the gather of the sources this metric needs."""
+        plans = [plan for plan in summaries if plan is not None]
+        self._agreed = plans[0] if plans else None
+        if self._agreed is not None:
+            positional, keywords = self._agreed
+            reduction.want_sources([*positional, *(j for _, j in keywords)])
+
+    def value(self, reduction: Reduction) -> list[tuple[str, Any]]:
+        """The callable applied once to every rank's samples."""
+        if self._agreed is None:
+            return []
+        positional, keywords = self._agreed
+        args = [reduction.source(j) for j in positional]
+        kwargs = {k: reduction.source(j) for k, j in keywords}
+        return flatten_value(self.name, self.apply(args, kwargs))
+
+    def release(self) -> None:
+        """Forget the agreed plan."""
+        self._agreed = None
 
 
 def _always() -> bool:
     return True
+
+
+def first_dim(value: Any) -> int | None:
+    """The sample dimension of a tensor, array, list or tuple; ``None`` for scalars and other values.
+
+    Example:
+        >>> first_dim(torch.zeros(4, 2)), first_dim([1, 2, 3]), first_dim(torch.tensor(1.0))
+        (4, 3, None)
+    """
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return int(value.shape[0]) if value.ndim > 0 else None
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return None
+
+
+def _describe_callable(fn: Any) -> str:
+    """A process-independent description of a callable (a partial's arguments included)."""
+    if isinstance(fn, functools.partial):
+        bound = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        return f"partial({_describe_callable(fn.func)}, {', '.join(bound)})"
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(fn).__name__)}"
 
 
 def _as_vector(name: str, value: Any, keys: list[str] | None) -> tuple[Any, list[str]]:

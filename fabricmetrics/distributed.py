@@ -19,8 +19,12 @@ import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+import torch.utils.data
+
+from fabricmetrics.exceptions import DistributedError
 
 if TYPE_CHECKING:
     from lightning_fabric import Fabric
@@ -31,7 +35,11 @@ __all__ = [
     "FabricCollectives",
     "LocalCollectives",
     "TorchCollectives",
+    "loader_sampler",
+    "num_samples_of",
+    "rank_positions",
     "resolve_collectives",
+    "share_status",
     "valid_sample_count",
 ]
 
@@ -388,26 +396,128 @@ def resolve_collectives(fabric: Fabric | None = None) -> Collectives:
     return _LOCAL
 
 
+def share_status(
+    collectives: Collectives,
+    payload: Any,
+    error: BaseException | None = None,
+    *,
+    where: str,
+    consequence: str = "",
+    raise_own: bool = True,
+) -> list[Any]:
+    """Exchange every rank's ``payload`` and fail on every rank if any rank failed.
+
+    The one way a failure on one rank reaches the others: every rank makes this one call at a
+    synchronisation point whatever happened locally, so a rank that failed raises its own error and
+    every other rank a :class:`~fabricmetrics.exceptions.DistributedError` naming it, instead of
+    waiting forever in a collective that the failed rank never makes.
+
+    Args:
+        collectives: the ranks' collectives.
+        payload: this rank's small picklable payload (ignored by the others when ``error`` is set).
+        error: what failed on this rank, if anything.
+        where: what the ranks were doing, for the message (``"inside `with tracker.epoch('val')`"``).
+        consequence: a sentence appended to the message (what was not done because of it).
+        raise_own: re-raise ``error`` here after the exchange (``False`` when the caller is already
+            propagating it).
+
+    Returns:
+        Every rank's payload, in rank order.
+
+    Raises:
+        DistributedError: another rank failed.
+
+    Example:
+        >>> share_status(LocalCollectives(), {"n": 3}, where="counting")
+        [{'n': 3}]
+    """
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    statuses = collectives.all_gather_object((message, payload))
+    if error is not None:
+        if raise_own:
+            raise error
+        return [p for _, p in statuses]
+    failed = [(rank, text) for rank, (text, _) in enumerate(statuses) if text is not None]
+    if failed:
+        rank, text = failed[0]
+        others = f" (and ranks {[r for r, _ in failed[1:]]})" if len(failed) > 1 else ""
+        raise DistributedError(f"Rank {rank}{others} failed {where}: {text}. {consequence}".rstrip())
+    return [p for _, p in statuses]
+
+
+def rank_positions(start: int, count: int, world_size: int, rank: int) -> np.ndarray:
+    """Positions in a ``DistributedSampler``'s list of rank ``rank``'s samples ``start … start + count - 1``.
+
+    The one padding rule of the library: the sampler (``drop_last=False``) pads its list of indices
+    to a multiple of ``W`` by repeating indices and gives rank ``r`` the positions ``r, r + W,
+    r + 2W, …``, so rank ``r``'s ``j``-th sample sits at position ``j·W + r``; positions at or past
+    the data set's length are padding, and they always come last in a rank's sequence.
+
+    Example:
+        >>> rank_positions(2, 3, 2, 1).tolist()
+        [5, 7, 9]
+    """
+    return np.arange(start, start + count, dtype=np.int64) * world_size + rank
+
+
 def valid_sample_count(num_samples: int, world_size: int, rank: int) -> int:
     """Number of real samples a ``DistributedSampler`` (``drop_last=False``) gives ``rank``.
 
-    The sampler pads its index list to a multiple of ``world_size`` by repeating indices and gives
-    rank ``r`` the positions ``r, r + W, r + 2W, …``; positions ``>= num_samples`` are padding, and
-    they always come last in a rank's sequence.
+    Rank ``r``'s ``j``-th sample sits at position ``j·W + r`` (:func:`rank_positions`), so its real
+    samples are the positions below ``num_samples``.
 
     Args:
-        num_samples: length of the dataset.
+        num_samples: length of the data set the sampler draws from.
         world_size: number of ranks ``W``.
         rank: this rank ``r``.
 
     Returns:
-        How many of this rank's samples are real, ``len(range(r, num_samples, W))``.
+        How many of this rank's samples are real.
 
     Example:
         >>> [valid_sample_count(21, 2, r) for r in range(2)]
         [11, 10]
     """
-    return len(range(rank, num_samples, world_size))
+    return max(0, -(-(num_samples - rank) // world_size))
+
+
+def loader_sampler(loader: Any) -> Any:
+    """The sampler that orders a loader's samples (the batch sampler's, else the loader's), or ``None``."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    return inner if inner is not None else getattr(loader, "sampler", None)
+
+
+def num_samples_of(loader: Any) -> int | None:
+    """The number of samples a loader's sampler draws from over all ranks: ``num_samples`` for ``epoch()``.
+
+    With a ``DistributedSampler`` (what ``fabric.setup_dataloaders`` installs, also around a
+    ``SubsetRandomSampler``), the length of the data set it shards (for Fabric's wrapper: of the
+    wrapped sampler, e.g. the subset); otherwise the length of the loader's sampler in this process.
+
+    Args:
+        loader: a ``DataLoader`` (Fabric's wrapper included).
+
+    Returns:
+        The count, or ``None`` when the sampler has no length (then leave ``num_samples`` out).
+
+    Example:
+        >>> from torch.utils.data import DataLoader, DistributedSampler, SubsetRandomSampler
+        >>> data = list(range(10))
+        >>> num_samples_of(DataLoader(data, sampler=SubsetRandomSampler(range(7))))
+        7
+        >>> num_samples_of(DataLoader(data, sampler=DistributedSampler(data, num_replicas=2, rank=0)))
+        10
+    """
+    sampler = loader_sampler(loader)
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        sized: Any = sampler.dataset
+    else:
+        sized = sampler if sampler is not None else getattr(loader, "dataset", None)
+    try:
+        return len(sized)
+    except TypeError:
+        return None
 
 
 def _common_layout(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fabricmetrics._validate import check_int
 from fabricmetrics.exceptions import ConfigurationError
 
 __all__ = ["Schedule", "default_schedule"]
@@ -41,13 +42,8 @@ class Schedule:
         """Reject periods that are not positive integers."""
         for field in ("every_n_steps", "every_n_epochs"):
             value = getattr(self, field)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigurationError(
-                    f"Schedule({field}=...) expects a positive integer or None, got {value!r}. "
-                    f"HINT: use {field}=None to turn it off."
-                )
+            if value is not None:
+                check_int(value, f"Schedule({field}=...)", minimum=1, hint=f"use {field}=None to turn it off.")
         if not isinstance(self.per_step, bool):
             raise ConfigurationError(f"Schedule(per_step=...) expects a bool, got {self.per_step!r}.")
 

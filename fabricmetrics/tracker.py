@@ -7,25 +7,24 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from torchmetrics import Metric
 
 from fabricmetrics._hooks import CallbackHooks
-from fabricmetrics._stage import Stage
+from fabricmetrics._stage import EpochOutcome, Stage
+from fabricmetrics._validate import check_int
 from fabricmetrics._values import flatten_value, to_floats
 from fabricmetrics.bound import update_signature
-from fabricmetrics.distributed import Collectives, resolve_collectives
+from fabricmetrics.distributed import Collectives, num_samples_of, resolve_collectives
 from fabricmetrics.exceptions import (
     ConfigurationError,
-    DistributedError,
-    MetricError,
     OutputsTypeError,
     StageError,
     warn,
 )
 from fabricmetrics.history import History
-from fabricmetrics.loggers import CSVLogger, Logger, check_writable, flush_loggers, resume_loggers
+from fabricmetrics.loggers import CSVLogger, Logger, close_loggers, flush_loggers, open_loggers, resume_loggers
 from fabricmetrics.needs import name_metrics, parse_needs
 from fabricmetrics.progress import ProgressDisplay
 from fabricmetrics.schedule import Schedule, default_schedule
@@ -134,8 +133,13 @@ class MetricsTracker(CallbackHooks):
         self._stages: dict[str, Stage] = {}
         self._open: dict[str, EpochRecord] = {}
         self._warned: set[str] = set()
+        self._owners: dict[str, tuple[str, str]] = {}
+        self._results: dict[str, float] = {}
+        self._exit_flush: Any = None  # loggers flushed at exit until close() (weakref.finalize)
         self.global_step = 0
         self.history = History()
+        for stage in self._schedules:
+            self._stage(stage)  # stage names given up front are checked now
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -144,37 +148,71 @@ class MetricsTracker(CallbackHooks):
         return list(self._metrics)
 
     @property
+    def results(self) -> dict[str, float]:
+        """The latest epoch-level value of every key (metrics and probes), the same on every rank.
+
+        Unlike :attr:`history`, which only rank 0 records (it logs), this is filled on every rank,
+        so a learning-rate scheduler can step on it in a multi-process job, also when the tracker is
+        driven through the callback hooks: ``scheduler.step(tracker.results["loss/val"])``.
+        """
+        return dict(self._results)
+
+    @property
     def loggers(self) -> list[Logger]:
         """The loggers that receive values: ``loggers`` if given, else the ``fabric``'s."""
         if self._loggers is not None:
             return self._loggers
         return list(self._fabric.loggers) if self._fabric is not None else []
 
-    def __enter__(self) -> MetricsTracker:
-        """Check every logger's directory can be written (rank 0), so a bad path fails now."""
+    def open(self) -> MetricsTracker:
+        """Open the loggers, as ``with tracker:`` does, without indenting the training loop.
+
+        On rank 0: loggers that share a root directory and a name get one ``version_N``, every log
+        directory is created and written to (a bad path fails now, not hours later), and the
+        loggers are flushed when the process exits normally, in case :meth:`close` is never called.
+
+        Returns:
+            The tracker.
+
+        Raises:
+            LogDirectoryError: a log directory cannot be created or written.
+
+        Example:
+            >>> import tempfile
+            >>> from fabricmetrics.loggers import CSVLogger
+            >>> tracker = MetricsTracker({"m": lambda x: x.mean()}, loggers=[CSVLogger(tempfile.mkdtemp())]).open()
+            >>> tracker.log({"lr": 0.1})
+            >>> tracker.close()
+        """
         if self._collectives().is_main:
-            loggers = self.loggers
-            for logger in loggers:
-                # Fix every version before any directory exists, so that loggers sharing a root
-                # directory and name write into the same version folder.
-                with contextlib.suppress(Exception):
-                    _ = logger.version
-            for logger in loggers:
-                check_writable(logger)
+            exit_flush = open_loggers(self.loggers, owner=self if self._exit_flush is None else None)
+            self._exit_flush = self._exit_flush or exit_flush
         return self
+
+    def close(self, status: Literal["success", "failed"] = "success") -> None:
+        """Flush and finalize every logger with ``status``, as leaving ``with tracker:`` does.
+
+        A logger that fails to finalize is a warning; the others are still finalized.
+
+        Args:
+            status: ``"success"``, or ``"failed"`` when the run ended with an error.
+        """
+        if self._display is not None:
+            self._display.close()
+        if self._exit_flush is not None:
+            self._exit_flush.detach()
+            self._exit_flush = None
+        close_loggers(self.loggers, status)
+
+    def __enter__(self) -> MetricsTracker:
+        """:meth:`open`: one version for the loggers, writable directories (rank 0)."""
+        return self.open()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Flush and finalize every logger with status ``"success"`` or ``"failed"``."""
-        if self._display is not None:
-            self._display.close()
-        status = "success" if exc_type is None else "failed"
-        for logger in self.loggers:
-            try:
-                logger.finalize(status)
-            except Exception as err:
-                warn(f"{type(logger).__name__}.finalize({status!r}) failed: {err}")
+        """:meth:`close` with status ``"success"`` or ``"failed"``."""
+        self.close("success" if exc_type is None else "failed")
 
     # ----------------------------------------------------------------------------------------------
     def step(self, stage: str, outputs: Mapping[str, Any], *, batch_size: int | None = None) -> dict[str, float]:
@@ -203,16 +241,11 @@ class MetricsTracker(CallbackHooks):
                 f"step({stage!r}, outputs) expects a mapping of output name → value, got {type(outputs).__name__}. "
                 "HINT: return a dict from your step, e.g. {'preds': logits, 'target': y, 'loss': loss}."
             )
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0
-        ):
-            raise OutputsTypeError(f"batch_size must be a non-negative int, got {batch_size!r}.")
+        if batch_size is not None:
+            check_int(batch_size, "batch_size", error=OutputsTypeError, hint="pass the number of samples of the step.")
         st = self._stage(stage)
-        if not st.open and self._open:
-            raise StageError(
-                f"step({stage!r}) was called while the epoch of {sorted(self._open)} is open but not one of "
-                f"{stage!r}. HINT: wrap the {stage!r} loop in `with tracker.epoch({stage!r}):`."
-            )
+        if not st.open:
+            self._check_epochless_step(st)
         st.steps += 1
         if stage == "train":
             self.global_step += 1
@@ -222,14 +255,18 @@ class MetricsTracker(CallbackHooks):
                 self._show().step(stage, None)
             return {}
         items = [item for name, value in values.items() for item in flatten_value(name, value)]
+        _check_unique([k for k, _ in items], f"the step values of stage `{stage}`")
         logged = {f"{k}/{stage}_step": v for (k, _), v in zip(items, to_floats([v for _, v in items]), strict=True)}
+        self._claim(logged, ("step", stage))
         self._publish(logged)
         if self._progress:
             self._show().step(stage, logged)
         return logged
 
     @contextlib.contextmanager
-    def epoch(self, stage: str, *, num_samples: int | None = None, total: int | None = None) -> Iterator[EpochRecord]:
+    def epoch(
+        self, stage: str, *, num_samples: int | None = None, total: int | None = None, loader: Any = None
+    ) -> Iterator[EpochRecord]:
         """One epoch of one stage.
 
         At the end of the block, if the stage's schedule says so, every metric is reduced over
@@ -239,10 +276,15 @@ class MetricsTracker(CallbackHooks):
 
         Args:
             stage: the stage name.
-            num_samples: the dataset's length; with it, samples that a ``DistributedSampler``
-                added as padding are kept out of every metric.
+            num_samples: the number of samples the sampler draws from over all ranks (the data
+                set's length; with a ``SubsetRandomSampler``, the subset's length); with it, the
+                samples that a ``DistributedSampler`` added as padding are kept out of every metric.
+                More samples than that on a rank is an error.
             total: the number of steps the epoch will have (e.g. ``len(loader)``), shown by the
                 progress display.
+            loader: the epoch's ``DataLoader``: ``num_samples`` is read from its sampler
+                (:func:`~fabricmetrics.distributed.num_samples_of`) and ``total`` is its length,
+                unless given.
 
         Yields:
             An :class:`EpochRecord` whose ``results`` are filled after the block.
@@ -252,6 +294,9 @@ class MetricsTracker(CallbackHooks):
             MetricError: a metric failed to compute (this rank).
             DistributedError: another rank failed inside the block or while computing.
         """
+        if loader is not None:
+            num_samples = num_samples_of(loader) if num_samples is None else num_samples
+            total = _length(loader) if total is None else total
         record = self._begin_epoch(stage, num_samples, total)
         try:
             yield record
@@ -268,6 +313,7 @@ class MetricsTracker(CallbackHooks):
             step: the step to log at; defaults to :attr:`global_step`.
         """
         items = [item for key, value in values.items() for item in flatten_value(key, value)]
+        _check_unique([k for k, _ in items], "tracker.log()")
         self._publish(dict(zip([k for k, _ in items], to_floats([v for _, v in items]), strict=True)), step)
 
     # ----------------------------------------------------------------------------------------------
@@ -309,13 +355,8 @@ class MetricsTracker(CallbackHooks):
             ConfigurationError: the state is of another format, or its metrics do not fit (nothing
                 is changed then).
         """
-        if state.get("format") != _STATE_FORMAT:
-            raise ConfigurationError(
-                f"Unknown tracker state format {state.get('format')!r} (expected {_STATE_FORMAT})."
-            )
         collectives = self._collectives()
-        for name, st_state in state["stages"].items():  # check everything before changing anything
-            self._stage(name).check_state(st_state, collectives.world_size, collectives.rank)
+        self._check_state(state, collectives)  # everything is checked before anything changes
         self.global_step = int(state["global_step"])
         self.history.load_state_dict(state["history"])
         for name, st_state in state["stages"].items():
@@ -326,6 +367,25 @@ class MetricsTracker(CallbackHooks):
         if collectives.is_main:
             rows = state.get("logger_rows_at_global_step")
             resume_loggers(self.loggers, self.global_step, rows_at_step=rows)
+
+    def _check_state(self, state: Any, collectives: Collectives) -> None:
+        """Raise a :class:`ConfigurationError` if :meth:`load_state_dict` cannot restore ``state`` whole."""
+        hint = "HINT: pass what tracker.state_dict() returned (e.g. checkpoint['tracker'] after fabric.load)."
+        if not isinstance(state, Mapping):
+            raise ConfigurationError(
+                f"load_state_dict expects the mapping of tracker.state_dict(), got {state!r:.80}. {hint}"
+            )
+        if state.get("format") != _STATE_FORMAT:
+            raise ConfigurationError(
+                f"Unknown tracker state format {state.get('format')!r} (expected {_STATE_FORMAT}). {hint}"
+            )
+        missing = sorted({"global_step", "history", "stages"} - set(state))
+        if missing or not isinstance(state["stages"], Mapping):
+            raise ConfigurationError(f"The tracker state lacks {missing or ['stages']}. {hint}")
+        check_int(state["global_step"], "The state's global_step", hint=hint.removeprefix("HINT: "))
+        _check_history_state(state["history"], hint)
+        for name, st_state in state["stages"].items():
+            self._stage(name).check_state(st_state, collectives.world_size, collectives.rank)
 
     # ----------------------------------------------------------------------------------------------
     def _show(self) -> ProgressDisplay:
@@ -339,8 +399,7 @@ class MetricsTracker(CallbackHooks):
     def _stage(self, name: str) -> Stage:
         st = self._stages.get(name)
         if st is None:
-            if not isinstance(name, str) or not name:
-                raise ConfigurationError(f"A stage name must be a non-empty string, got {name!r}.")
+            _check_stage_name(name, list(self._stages))
             schedule = self._schedules.get(name) or default_schedule(name)
             st = self._stages[name] = Stage(
                 name, self._metrics, self._specs, schedule, self.compute_on_cpu, self._signatures
@@ -348,12 +407,8 @@ class MetricsTracker(CallbackHooks):
         return st
 
     def _begin_epoch(self, stage: str, num_samples: int | None, total: int | None = None) -> EpochRecord:
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
-        ):
-            raise ConfigurationError(
-                f"num_samples must be a non-negative int (the dataset's length), got {num_samples!r}."
-            )
+        if num_samples is not None:
+            check_int(num_samples, "num_samples", hint="pass the number of samples the sampler draws from.")
         st = self._stage(stage)
         if st.open:
             raise StageError(f"An epoch of stage {stage!r} is already open; epochs of one stage cannot nest.")
@@ -365,82 +420,63 @@ class MetricsTracker(CallbackHooks):
         return record
 
     def _end_epoch(self, stage: str, error: BaseException | None) -> None:
-        """Close the open epoch of ``stage``: compute and log it, or, after ``error``, discard it.
-
-        An ``Exception`` on one rank is announced to the others (they raise a DistributedError at
-        their epoch end); ``KeyboardInterrupt`` and other ``BaseException``s make no collective call.
-        """
-        st, record = self._stages[stage], self._open[stage]
+        """Close the open epoch of ``stage``: the stage computes it (or, after ``error``, discards it); publish."""
+        st, record = self._stages.get(stage), self._open.pop(stage, None)
+        if st is None or record is None or not st.open:
+            raise StageError(
+                f"No epoch of stage {stage!r} is open, so none can end. HINT: open one first: "
+                f"`with tracker.epoch({stage!r}):` (or the matching `on_..._epoch_start` hook), once per epoch."
+            )
         collectives = self._collectives()
-        try:
-            if error is not None:
-                if isinstance(error, Exception) and collectives.world_size > 1:
-                    collectives.all_gather_object({"error": f"{type(error).__name__}: {error}", "meta": None})
-                st.end_epoch(completed=False)
-                return
-            record.samples, record.empty_batches = st.samples, st.empty_batches
-            record.results = self._finish_epoch(st, record, collectives)
-            if self._progress:
-                self._show().epoch_ended(stage, record.results)
-        except BaseException:
-            st.end_epoch(completed=False)
-            raise
-        finally:
-            self._open.pop(stage, None)
+        if error is not None:
+            st.fail(collectives, error)
+            return
+        outcome = st.finish(collectives)
+        record.results, record.samples, record.empty_batches = outcome.results, outcome.samples, outcome.empty_batches
+        self._publish_epoch(outcome)
         self._run_probes(stage, st.epochs, collectives)
 
-    def _finish_epoch(self, st: Stage, record: EpochRecord, collectives: Collectives) -> dict[str, float]:
-        """Exchange statuses, reduce, compute, exchange outcomes, log. Same calls on every rank."""
-        statuses = collectives.all_gather_object({"error": None, "meta": st.local_meta()})
-        failed = [(rank, s["error"]) for rank, s in enumerate(statuses) if s["error"] is not None]
-        if failed:
-            rank, message = failed[0]
-            raise DistributedError(
-                f"Rank {rank} failed inside `with tracker.epoch({st.name!r})` (epoch {record.index}): {message}. "
-                "Nothing was logged for this epoch on any rank."
-            )
-        if not st.accumulating:
-            st.end_epoch(completed=True)
-            return {}
-        metas = [s["meta"] for s in statuses]
-        flat, errors = st.reduce(collectives, metas)
-        floats = to_floats(list(flat.values()))
-        outcomes = collectives.all_gather_object(
-            {
-                "errors": {n: f"{type(e).__name__}: {e}" for n, e in errors.items()},
-                "results": dict(zip(flat, floats, strict=True)) if collectives.is_main else None,
-            }
-        )
-        for rank, outcome in enumerate(outcomes):
-            for name, message in outcome["errors"].items():
-                where = f" on rank {rank}" if collectives.world_size > 1 else ""
-                text = (
-                    f"Metric `{name}` failed{where} at the end of epoch {record.index} of stage `{st.name}`: {message}"
-                )
-                if rank == collectives.rank:
-                    raise MetricError(text) from errors[name]
-                raise DistributedError(text)
-        results = {f"{k}/{st.name}": v for k, v in outcomes[0]["results"].items()}
-        if sum(m["samples"] for m in metas) == 0:
+    def _publish_epoch(self, outcome: EpochOutcome) -> None:
+        """Warn about empty epochs and batches, then record and log the epoch's results."""
+        if outcome.computed and outcome.total_samples == 0:
             self._warn_once(
-                f"empty:{st.name}",
-                f"Epoch {record.index} of stage `{st.name}` had no samples on any rank; nothing was computed.",
+                f"empty:{outcome.stage}",
+                f"Epoch {outcome.index} of stage `{outcome.stage}` had no samples on any rank; nothing was computed.",
             )
-        if record.empty_batches:
+        if outcome.empty_batches:
             self._warn_once(
-                f"emptyb:{st.name}",
-                f"Stage `{st.name}` skipped {record.empty_batches} empty batches in epoch {record.index}.",
+                f"emptyb:{outcome.stage}",
+                f"Stage `{outcome.stage}` skipped {outcome.empty_batches} empty batches in epoch {outcome.index}.",
             )
-        st.end_epoch(completed=True)
-        self._publish(results)
-        return results
+        self._claim(outcome.results, ("epoch", outcome.stage))
+        self._results.update(outcome.results)
+        self._publish(outcome.results)
+        if self._progress:
+            self._show().epoch_ended(outcome.stage, outcome.results)
+
+    def _check_epochless_step(self, st: Stage) -> None:
+        """A step outside its stage's epoch: an error while another stage's epoch is open, else one warning."""
+        if self._open:
+            raise StageError(
+                f"step({st.name!r}) was called while the epoch of {sorted(self._open)} is open but not one of "
+                f"{st.name!r}. HINT: wrap the {st.name!r} loop in `with tracker.epoch({st.name!r}):`."
+            )
+        if st.schedule.every_n_epochs is not None:
+            self._warn_once(
+                f"epochless:{st.name}",
+                f"step({st.name!r}) outside an epoch of stage {st.name!r}: only step-level values are logged there, "
+                f"no epoch-level value. HINT: wrap the loop in `with tracker.epoch({st.name!r}):` (or call the "
+                "`on_..._epoch_start`/`_end` hooks).",
+            )
 
     def _run_probes(self, stage: str, epoch: int, collectives: Collectives) -> None:
         if stage != "train":
             return
-        for probe in self._probes:
+        for i, probe in enumerate(self._probes):
             results = probe.maybe_run(epoch, collectives)
             if results:
+                self._claim(results, ("probe", str(i)))
+                self._results.update(results)
                 self._publish(results, check_finite=False)
 
     def _publish(self, values: dict[str, float], step: int | None = None, *, check_finite: bool = True) -> None:
@@ -466,6 +502,24 @@ class MetricsTracker(CallbackHooks):
                     f"logger:{id(logger)}",
                     f"{type(logger).__name__}.log_metrics failed ({type(err).__name__}: {err}); the history and the "
                     "other loggers keep going. This warning is shown once per logger.",
+                )
+
+    def _claim(self, values: Mapping[str, float], origin: tuple[str, str]) -> None:
+        """Record which producer logs each key; a key from two producers is a configuration error.
+
+        Producers are the epoch values of a stage, the step values of a stage and a probing
+        scheduler; :meth:`log` writes the keys it is given (also a probe's or a metric's, on
+        purpose: e.g. a probing before training at step 0). Checked on every rank (the keys are the same everywhere), before anything
+        is recorded, so a collision never overwrites a value silently.
+        """
+        for key in values:
+            owner = self._owners.setdefault(key, origin)
+            if owner != origin:
+                raise ConfigurationError(
+                    f"Key {key!r} is logged by {_describe_origin(owner)} and by {_describe_origin(origin)}; one would "
+                    "overwrite the other in the logs and the history. HINT: rename a metric or a stage (metric and "
+                    "stage names joined by '/' must not spell the same key; a stage must not be named like another "
+                    "stage's step series, e.g. 'train_step'), or give the probing scheduler a prefix=."
                 )
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -496,3 +550,62 @@ def _check_probe_keys(probes: list[Any], metrics: Mapping[str, Any]) -> None:
                     f"probes[{i}] logs {key!r}, which is also the key of metric `{head}` in a stage named {rest!r}. "
                     "HINT: give the scheduler a prefix, e.g. ProbingScheduler(..., prefix='probe')."
                 )
+
+
+def _describe_origin(origin: tuple[str, str]) -> str:
+    kind, name = origin
+    return {
+        "epoch": f"the epoch values of stage `{name}`",
+        "step": f"the step values of stage `{name}`",
+        "probe": f"probes[{name}]",
+    }[kind]
+
+
+def _check_unique(keys: list[str], where: str) -> None:
+    """Flattened value names must be distinct (a vector `f1` gives `f1_0`, which a metric `f1_0` would overwrite)."""
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ConfigurationError(
+            f"{where} produce the key(s) {twice} twice: a metric returning several values is logged per element "
+            "(`f1` → `f1_0`, `f1_1`; a dict `m` → `m_{key}`), which another metric's name repeats. HINT: rename one "
+            "of the metrics."
+        )
+
+
+def _check_stage_name(name: Any, stages: list[str]) -> None:
+    """A stage name is a non-empty string whose keys cannot spell another stage's keys."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"A stage name must be a non-empty string, got {name!r}.")
+    if "/" in name:
+        raise ConfigurationError(
+            f"Stage name {name!r} contains '/', which separates metric and stage in the logged keys "
+            f"(`acc/{name}` could also be metric `acc/{name.split('/')[0]}` in stage {name.rsplit('/', 1)[-1]!r}). "
+            "HINT: use another separator, e.g. '-' or '.'."
+        )
+    for other in stages:
+        if name == f"{other}_step" or other == f"{name}_step":
+            step_stage, epoch_stage = (other, name) if name == f"{other}_step" else (name, other)
+            raise ConfigurationError(
+                f"Stage {epoch_stage!r} would log its epoch values under the keys of the step values of stage "
+                f"{step_stage!r} (`{{metric}}/{epoch_stage}`). HINT: rename stage {epoch_stage!r}."
+            )
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _check_history_state(history: Any, hint: str) -> None:
+    """The history part of a state: key → list of ``[step, value]`` pairs."""
+    try:
+        ok = isinstance(history, Mapping) and all(
+            isinstance(k, str) and all(len(p) == 2 and float(p[1]) is not None and int(p[0]) >= 0 for p in points)
+            for k, points in history.items()
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigurationError(f"The tracker state's history is not key → [[step, value], …]. {hint}")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fabricmetrics import MetricsTracker, Schedule
@@ -321,7 +321,7 @@ def test_outputs_must_be_a_mapping():
     tracker = MetricsTracker({"acc": accuracy_score})
     with pytest.raises(OutputsTypeError, match=r"expects a mapping of output name → value, got tuple"):
         tracker.step("train", (torch.zeros(2), torch.zeros(2)))
-    with pytest.raises(OutputsTypeError, match="batch_size must be a non-negative int"):
+    with pytest.raises(OutputsTypeError, match="batch_size must be an int of at least 0"):
         tracker.step("train", {"y_true": [1], "y_pred": [1]}, batch_size=-1)
 
 
@@ -390,31 +390,16 @@ def test_mixing_devices_is_an_error():
             tracker.step("train", {"x": torch.zeros(2, device="meta")})
 
 
-def test_batches_of_padding_alone_are_not_empty_batches():
-    tracker = MetricsTracker({"acc": accuracy_score})
-    y, p = np.array([1, 0, 1, 1]), np.array([1, 1, 1, 0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "skipped empty batches" warning
-        with tracker.epoch("val", num_samples=3) as epoch:
-            for i in range(4):  # the 4th batch is past the dataset's length: padding
-                tracker.step("val", {"y_true": y[i : i + 1], "y_pred": p[i : i + 1]})
-    assert epoch.results == {"acc/val": accuracy_score(y[:3], p[:3])}
-    assert epoch.empty_batches == 0 and epoch.samples == 3
-
-
-def test_num_samples_drops_samples_past_the_dataset_length():
-    tracker = MetricsTracker({"acc": accuracy_score, "tm": MulticlassAccuracy(num_classes=2, average="micro")})
-    y = np.array([1, 1, 0, 0, 1, 1])
-    p = np.array([1, 1, 0, 1, 0, 0])
-    with tracker.epoch("val", num_samples=4) as epoch:
-        tracker.step(
-            "val", {"y_true": y[:3], "y_pred": p[:3], "preds": torch.tensor(p[:3]), "target": torch.tensor(y[:3])}
-        )
-        tracker.step(
-            "val", {"y_true": y[3:], "y_pred": p[3:], "preds": torch.tensor(p[3:]), "target": torch.tensor(y[3:])}
-        )
-    assert epoch.results == {"acc/val": 0.75, "tm/val": 0.75}
-    assert epoch.samples == 4
+def test_more_samples_than_num_samples_is_an_error_naming_both_counts():
+    tracker = MetricsTracker({"n": SumMetric()})
+    with pytest.raises(OutputsError, match=r"received 20 samples in this epoch, more than the 10 that num_samples=10"):
+        with tracker.epoch("val", num_samples=10):
+            for _ in range(2):
+                tracker.step("val", {"value": torch.ones(10)})
+    with tracker.epoch("val", num_samples=20) as epoch:  # the next epoch works, with the right count
+        for _ in range(2):
+            tracker.step("val", {"value": torch.ones(10)})
+    assert epoch.results == {"n/val": 20.0}
 
 
 def test_logs_nothing_on_epochs_with_no_samples():
@@ -535,15 +520,3 @@ def test_probe_key_collisions_are_errors_when_the_tracker_is_built():
         MetricsTracker({"acc": accuracy_score}, probes=[_FakeProbe(["acc/val"])])
     with pytest.raises(ConfigurationError, match=r"probes\[0\] is a str; probes are ProbingScheduler objects"):
         MetricsTracker({"acc": accuracy_score}, probes=["knn"])
-
-
-def test_padding_is_found_on_a_logging_step_of_an_epoch_that_does_not_compute():
-    # every_n_epochs=2: epoch 1 computes nothing, but its step values must still skip the padding
-    tracker = MetricsTracker(
-        {"m": lambda x: x.mean()}, schedule={"val": Schedule(every_n_steps=3, every_n_epochs=2, per_step=True)}
-    )
-    x = torch.arange(6.0)
-    with tracker.epoch("val", num_samples=5):
-        logged = [tracker.step("val", {"x": x[i : i + 2]}) for i in (0, 2, 4)]
-    assert logged[:2] == [{}, {}]
-    assert logged[2] == {"m/val_step": 4.0}  # x[5] is the sampler's padding

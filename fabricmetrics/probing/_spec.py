@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import is_classifier
 from torch import nn
 
+from fabricmetrics._validate import check_int
 from fabricmetrics.exceptions import ConfigurationError
 from fabricmetrics.probing.report import ProbeKind, ProbeScorer, Scoring
 
@@ -34,9 +35,7 @@ class Probe:
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` if it is an int >= 1, else a :class:`ConfigurationError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive int, got {value!r}.")
-    return value
+    return check_int(value, name, minimum=1)
 
 
 def check_layers(encoder: nn.Module, layers: Sequence[str] | None) -> list[str]:

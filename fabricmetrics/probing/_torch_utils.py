@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from sklearn.utils.multiclass import type_of_target
 
-from fabricmetrics.distributed import Collectives, LocalCollectives, resolve_collectives
+from fabricmetrics import _values
+from fabricmetrics.distributed import Collectives, LocalCollectives, resolve_collectives, share_status
 from fabricmetrics.exceptions import DistributedError, InputError, InputTypeError
 
 __all__ = [
@@ -40,10 +41,8 @@ _ROWS_PER_CHUNK = 4096  # chunk of rows for passes that need a temporary copy
 
 
 def to_numpy(value: Any) -> np.ndarray:
-    """A NumPy view or copy of a tensor (any device), array or sequence."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+    """A NumPy view or copy of a tensor (any device), array or sequence (see :func:`fabricmetrics._values.to_numpy`)."""
+    return np.asarray(_values.to_numpy(value))
 
 
 def pick_collectives(sharded: bool, collectives: Collectives | None) -> Collectives:
@@ -175,13 +174,7 @@ def exchange(coll: Collectives, error: Exception | None, payload: Any, where: st
     Each rank makes this one call whatever happened locally, so a bad shard raises everywhere (its
     own error on its rank, a :class:`DistributedError` naming it elsewhere) instead of hanging.
     """
-    statuses = coll.all_gather_object((None if error is None else str(error), payload))
-    if error is not None:
-        raise error
-    failed = [(rank, message) for rank, (message, _) in enumerate(statuses) if message is not None]
-    if failed:
-        raise DistributedError(f"{where}: rank {failed[0][0]} could not use its shard: {failed[0][1]}")
-    return [p for _, p in statuses]
+    return share_status(coll, payload, error, where=f"in {where}: it could not use its shard")
 
 
 def _as_targets(y: Any, n_samples: int, where: str, task: str) -> np.ndarray:

@@ -25,6 +25,7 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
 
+from fabricmetrics.distributed import loader_sampler, rank_positions
 from fabricmetrics.exceptions import ConfigurationError
 
 __all__ = [
@@ -107,14 +108,9 @@ class ShardLayout:
             >>> ShardLayout("distributed", 7, num_replicas=2, rank=1).positions(2, 3).tolist()
             [5, 7, 9]
         """
-        local = np.arange(start, start + count, dtype=np.int64)
-        return local * self.num_replicas + self.rank if self.kind == "distributed" else local
-
-
-def _sampler_of(loader: Any) -> Any:
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    inner = getattr(batch_sampler, "sampler", None)
-    return inner if inner is not None else getattr(loader, "sampler", None)
+        if self.kind == "distributed":
+            return rank_positions(start, count, self.num_replicas, self.rank)
+        return np.arange(start, start + count, dtype=np.int64)
 
 
 def _length(dataset: Any) -> int | None:
@@ -152,7 +148,7 @@ def shard_layout(loader: Iterable[Any], world_size: int, rank: int) -> ShardLayo
         >>> shard_layout(DataLoader(data, batch_size=2, sampler=sampler), 2, 1)
         ShardLayout(kind='distributed', num_samples=7, num_replicas=2, rank=1)
     """
-    sampler = _sampler_of(loader)
+    sampler = loader_sampler(loader)
     if isinstance(sampler, DistributedSampler):
         return ShardLayout("distributed", len(sampler.dataset), int(sampler.num_replicas), int(sampler.rank))  # type: ignore[arg-type]
     dataset = getattr(loader, "dataset", None)

@@ -20,6 +20,7 @@ from sklearn.metrics import (
     root_mean_squared_error,
 )
 
+from fabricmetrics._values import to_numpy as host_array
 from fabricmetrics.exceptions import InputError, InputTypeError
 from fabricmetrics.metrics.functional._backend import ArrayLike, Result, from_torch, to_torch
 
@@ -131,10 +132,8 @@ def pearson_r(
 
 
 def _as_numpy(name: str, value: object) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(host_array(value), dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise InputTypeError(f"`{name}` must be array-like of real numbers, got {type(value).__name__}.") from err
     return array
