@@ -163,12 +163,12 @@ class Coalescer:
     def __init__(self, metrics: Sequence[Metric], *, max_steps: int = 32, max_bytes: int = 16 * 2**20) -> None:
         """Bind the metrics; buffers are allocated by the first step that can be buffered."""
         self.metrics = list(metrics)
-        self.rules = [_rule(m) for m in self.metrics]
-        if any(r is None or not _integer_sum_states(m) for r, m in zip(self.rules, self.metrics, strict=True)):
+        rules = [_rule(m) for m in self.metrics]
+        if any(r is None or not _integer_sum_states(m) for r, m in zip(rules, self.metrics, strict=True)):
             raise ValueError("Coalescer: every metric must be eligible (see `eligible`).")
         self.max_steps = max_steps
         self.max_bytes = max_bytes
-        self._checks = [rule for rule in self.rules if rule is not _any_inputs]
+        self._checks = [rule for rule in rules if rule is not None and rule is not _any_inputs]
         self._n_args = 0  # the buffers hold this many positional arguments, then these keywords:
         self._keywords: tuple[str, ...] = ()
         self._layout: _Layout = ()
