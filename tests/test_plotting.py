@@ -129,7 +129,7 @@ def test_best_and_last_values_are_marked_and_written_in_the_legend():
 def test_lower_is_better_names():
     lower = ["loss/train", "loss_1/val", "alignment/val", "uniformity/train", "Ridge/MAE", "age/MedAE", "x/RMSE"]
     higher = ["acc/val", "age/R2", "LogisticRegression/accuracy", "contrastive_acc/val", "lr", "glossary/val"]
-    assert all(lower_is_better(k) for k in lower + ["task0/MSE"])
+    assert all(lower_is_better(k) for k in [*lower, "task0/MSE"])
     assert not any(lower_is_better(k) for k in higher)
 
 
@@ -290,3 +290,144 @@ def test_runs_drawn_together_one_colour_per_run_stages_by_line_style(history):
 def test_plot_history_is_plot_runs_of_one_unnamed_run(history):
     one = [line.get_label() for line in plot_runs({"run": history}).axes[0].get_lines()]
     assert one[0].startswith("run train") and history.plot().axes[0].get_lines()[0].get_label().startswith("train")
+
+
+# ---------------------------------------------------------------------------------------------- reading runs
+def out(hits: int, n: int = 4) -> dict:
+    return {"y_true": np.ones(n, dtype=int), "y_pred": (np.arange(n) < hits).astype(int)}
+
+
+def train_run(loggers, epochs: int = 2) -> MetricsTracker:
+    """A real tracker run: step-level and epoch-level train values, val values, an extra key."""
+    tracker = MetricsTracker(
+        {"acc": accuracy_score}, loggers=loggers, schedule={"train": Schedule(every_n_steps=2, per_step=True)}
+    )
+    with tracker:
+        for epoch in range(epochs):
+            with tracker.epoch("train"):
+                for hits in (1, 2, 3, 4):
+                    tracker.step("train", out(hits))
+            with tracker.epoch("val"):
+                tracker.step("val", out(epoch + 1))
+            tracker.log({"lr": 0.1 / (epoch + 1)})
+    return tracker
+
+
+def test_from_csv_round_trips_a_tracker_run(tmp_path):
+    logger = CSVLogger(tmp_path, name="run")
+    tracker = train_run([logger])
+    for where in (logger.log_dir, os.path.join(logger.log_dir, "metrics.csv"), tmp_path / "run", tmp_path):
+        history = History.from_csv(where)
+        assert dict(history) == dict(tracker.history)
+        assert history.source == os.path.join(logger.log_dir, "metrics.csv")
+    assert sorted(tracker.history) == ["acc/train", "acc/train_step", "acc/val", "lr"]
+
+
+def test_from_csv_picks_the_latest_version_and_says_so(tmp_path):
+    first = CSVLogger(tmp_path, name="run")
+    train_run([first], epochs=1)
+    second = CSVLogger(tmp_path, name="run")
+    tracker = train_run([second], epochs=3)
+    assert second.version == 1
+    history = History.from_csv(tmp_path)
+    assert dict(history) == dict(tracker.history)
+    assert history.source == f"{second.log_dir}/metrics.csv (the latest of 2 versions in {tmp_path / 'run'})"
+
+
+def test_version_numbers_are_compared_as_numbers(tmp_path):
+    for version in (2, 10):
+        logger = CSVLogger(tmp_path, name="run", version=version)
+        logger.log_metrics({"v": float(version)}, step=1)
+        logger.finalize("success")
+    assert History.from_run(tmp_path)["v"] == [(1, 10.0)]
+
+
+def write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def test_from_csv_reads_empty_cells_as_missing(tmp_path):
+    write_csv(tmp_path / "metrics.csv", ["acc/val", "loss/train_step", "step"], [["", "0.5", "1"], ["0.75", "", "2"]])
+    history = History.from_csv(tmp_path / "metrics.csv")
+    assert dict(history) == {"acc/val": [(2, 0.75)], "loss/train_step": [(1, 0.5)]}
+
+
+def test_from_csv_errors(tmp_path):
+    with pytest.raises(LogDirectoryError, match=r"does not exist\. HINT: pass a run's log folder"):
+        History.from_csv(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        LogDirectoryError, match=r"No metrics.csv or TensorBoard event file .* in the two folder levels"
+    ):
+        History.from_csv(tmp_path / "empty")
+    write_csv(tmp_path / "nostep" / "metrics.csv", ["acc/val"], [["0.5"]])
+    with pytest.raises(LogDirectoryError, match=r"has no `step` column \(columns: \['acc/val'\]\)"):
+        History.from_csv(tmp_path / "nostep")
+    write_csv(tmp_path / "bad" / "metrics.csv", ["acc/val", "step"], [["0.5", "1"], ["oops", "2"]])
+    with pytest.raises(LogDirectoryError, match=r"metrics.csv, line 3: could not convert string to float: 'oops'"):
+        History.from_csv(tmp_path / "bad")
+    TensorBoardLogger(tmp_path / "tb", name="run").log_metrics({"a": 1.0}, step=1)
+    with pytest.raises(LogDirectoryError, match=r"No metrics.csv in .*version_0\. HINT: History.from_run also reads"):
+        History.from_csv(tmp_path / "tb")
+
+
+def test_several_runs_under_one_folder_is_an_error(tmp_path):
+    for name in ("a", "b"):
+        write_csv(tmp_path / name / "version_0" / "metrics.csv", ["x", "step"], [["1", "1"]])
+    with pytest.raises(LogDirectoryError, match=r"holds the logs of several runs: .*HINT: pass one of them"):
+        History.from_run(tmp_path)
+    assert History.from_run(tmp_path / "a")["x"] == [(1, 1.0)]
+
+
+def test_from_run_reads_tensorboard_events(tmp_path):
+    tb = TensorBoardLogger(tmp_path, name="run")
+    tracker = train_run([tb])
+    for where in (tb.log_dir, tmp_path):
+        history = History.from_run(where)
+        assert sorted(history) == sorted(tracker.history)
+        for key, points in tracker.history.items():
+            assert [s for s, _ in history[key]] == [s for s, _ in points]
+            assert [v for _, v in history[key]] == pytest.approx([v for _, v in points], rel=1e-6)  # float32
+    assert history.source == f"TensorBoard events in {tb.log_dir}"
+    (event_file,) = [name for name in os.listdir(tb.log_dir) if name.startswith("events.out.tfevents.")]
+    assert sorted(History.from_run(os.path.join(tb.log_dir, event_file))) == sorted(tracker.history)
+
+
+def test_from_run_prefers_the_csv_and_takes_only_missing_keys_from_events(tmp_path):
+    tb, csv_logger = TensorBoardLogger(tmp_path, name="run"), CSVLogger(tmp_path, name="run")
+    tracker = train_run([tb, csv_logger])
+    history = History.from_run(tmp_path)
+    assert dict(history) == dict(tracker.history)  # exact: the CSV's values, not float32 ones, each once
+    assert history.source == os.path.join(csv_logger.log_dir, "metrics.csv")
+    tb.log_metrics({"only_tb": 0.25}, step=7)
+    tb.finalize("success")
+    history = History.from_run(tmp_path)
+    assert history["only_tb"] == [(7, 0.25)] and history["acc/val"] == tracker.history["acc/val"]
+    assert history.source.endswith(f"metrics.csv + 1 key from TensorBoard events in {tb.log_dir}")
+
+
+def test_without_tensorboard_event_files_need_it_and_csv_does_not(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard.backend.event_processing.event_accumulator", None)
+    tb = TensorBoardLogger(tmp_path / "tb", name="run")
+    tb.log_metrics({"a": 1.0}, step=1)
+    tb.finalize("success")
+    with pytest.raises(LogDirectoryError, match=r"`tensorboard` package that reads them is not installed\. HINT: pip"):
+        History.from_run(tmp_path / "tb")
+    write_csv(tmp_path / "tb" / "run" / "version_0" / "metrics.csv", ["a", "step"], [["2.0", "1"]])
+    assert History.from_run(tmp_path / "tb")["a"] == [(1, 2.0)]
+
+
+def test_from_run_rejects_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(LogDirectoryError, match=r"notes.txt is neither a metrics.csv nor a TensorBoard event file"):
+        History.from_run(tmp_path / "notes.txt")
+
+
+def test_from_csv_of_a_binary_file_is_a_clear_error(tmp_path):
+    (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(LogDirectoryError, match=r"metrics.csv (is not a CSV file \(|has no `step` column)"):
+        History.from_csv(tmp_path)
