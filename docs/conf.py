@@ -41,13 +41,14 @@ autosummary_generate = False
 html_theme = "furo"
 html_title = "fabricmetrics"
 
-# The gallery runs every examples/plot_*.py and keeps its figures. With FABRICMETRICS_EXAMPLE_QUICK=1
-# (CI) the examples use tiny settings.
+# The gallery runs every examples/plot_*.py and keeps its figures (with FABRICMETRICS_EXAMPLE_QUICK=1,
+# as in CI, they use tiny settings). The other examples are scripts to start from a shell (several
+# processes, command-line flags): the gallery shows them without running them, and their docstrings
+# hold what a run prints.
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    "ignore_pattern": r"(fabric_ddp|torchrun_ddp|plain_pytorch)\.py",
     "download_all_examples": False,
     "remove_config_comments": True,
     "matplotlib_animations": False,

@@ -43,8 +43,10 @@ print(f"{len(train_ds)} training and {len(val_ds)} validation digits")
 # Classification metrics in supervised learning
 # ---------------------------------------------
 # The metrics are torchmetrics objects. Each stage gets its own copy, so training and validation
-# counts never mix; accuracy, F1, precision and recall share one update per step because their
-# state is provably the same. The training step returns a dict, and the tracker finds ``preds``
+# counts never mix. Accuracy is the share of correct predictions (``average="micro"``;
+# torchmetrics' default, ``"macro"``, would be the mean of the per-class recalls); F1, precision
+# and recall are macro averages, and share one update per step because their state is provably
+# the same. The training step returns a dict, and the tracker finds ``preds``
 # and ``target`` in it by name. Step-level values are logged every 5 steps, epoch-level values at
 # every epoch end, all at the number of training steps so far.
 
@@ -52,19 +54,19 @@ model = DigitsCNN()
 optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 tracker = MetricsTracker(
     {
-        "acc1": MulticlassAccuracy(num_classes=10),
-        "f1": MulticlassF1Score(num_classes=10),
-        "precision": MulticlassPrecision(num_classes=10),
-        "recall": MulticlassRecall(num_classes=10),
+        "acc1": MulticlassAccuracy(num_classes=10, average="micro"),
+        "f1": MulticlassF1Score(num_classes=10, average="macro"),
+        "precision": MulticlassPrecision(num_classes=10, average="macro"),
+        "recall": MulticlassRecall(num_classes=10, average="macro"),
     },
     loggers=[TensorBoardLogger(OUT, name="supervised"), CSVLogger(OUT, name="supervised")],
     schedule={"train": Schedule(every_n_steps=5)},
 )
 
 with tracker:
-    for epoch in range(EPOCHS):
+    for epoch in range(1, EPOCHS + 1):
         model.train()
-        with tracker.epoch("train"):
+        with tracker.epoch("train", total=len(train_loader)):
             for x, y in train_loader:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
@@ -96,6 +98,7 @@ fig = tracker.history.plot(title="Supervised metrics during training", path=os.p
 encoder = DigitsCNN(out_features=32)
 optimizer = torch.optim.Adam(encoder.parameters(), lr=2e-3)
 views = torch.Generator().manual_seed(1)
+ssl_loader = DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True)
 ssl_tracker = MetricsTracker(
     {"alignment": alignment_score, "uniformity": uniformity_score, "contrastive_acc": contrastive_accuracy_score},
     needs={
@@ -108,10 +111,10 @@ ssl_tracker = MetricsTracker(
 )
 
 with ssl_tracker:
-    for epoch in range(EPOCHS):
+    for epoch in range(1, EPOCHS + 1):
         encoder.train()
-        with ssl_tracker.epoch("train"):
-            for x, _ in DataLoader(train_ds, batch_size=128, shuffle=True, drop_last=True):
+        with ssl_tracker.epoch("train", total=len(ssl_loader)):
+            for x, _ in ssl_loader:
                 z1, z2 = (encoder(v) for v in two_views(x, views))
                 loss = info_nce(z1, z2)
                 optimizer.zero_grad()
@@ -132,3 +135,4 @@ with ssl_tracker:
 fig = ssl_tracker.history.plot(
     keys=["*/val", "*/train"], title="Self-supervised metrics during training", path=os.path.join(OUT, "ssl.png")
 )
+print(f"logs in {OUT}/supervised and {OUT}/ssl; figures in {OUT}: supervised.png, ssl.png")

@@ -9,8 +9,16 @@ process group when an epoch ends. Run it with::
 
     torchrun --nproc-per-node 2 examples/torchrun_ddp.py
 
-(``python -m torch.distributed.run`` is the same command.) Run as plain ``python``, it uses one
-process.
+(``python -m torch.distributed.run`` is the same command; ``--epochs N``, ``--out DIR``.) Run as
+plain ``python``, it uses one process.
+
+What ``torchrun --nproc-per-node 2 examples/torchrun_ddp.py`` prints (on a CPU; ``torchrun``'s notice about
+``OMP_NUM_THREADS`` left out)::
+
+    epoch 1: acc/val=0.7577, f1_macro/val=0.7085, loss/val=1.2073
+    epoch 2: acc/val=0.8719, f1_macro/val=0.8696, loss/val=0.4012
+    epoch 3: acc/val=0.8914, f1_macro/val=0.8835, loss/val=0.2951
+    logs in runs/torchrun_ddp/digits/version_0
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from fabricmetrics.loggers import CSVLogger, TensorBoardLogger
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="fabricmetrics under torchrun (CPU, gloo)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", default="runs/torchrun_ddp")
+    quick = os.environ.get("FABRICMETRICS_EXAMPLE_QUICK") == "1"  # tiny settings for CI
+    parser.add_argument("--epochs", type=int, default=1 if quick else 3)
+    parser.add_argument("--out", default=os.environ.get("FABRICMETRICS_EXAMPLE_OUT", "runs/torchrun_ddp"))
     args = parser.parse_args()
 
     distributed = "RANK" in os.environ
@@ -70,7 +79,7 @@ def main() -> None:
         schedule={"train": Schedule(every_n_steps=10, per_step=True)},
     )
     with tracker:
-        for epoch in range(args.epochs):
+        for epoch in range(1, args.epochs + 1):
             train_sampler.set_epoch(epoch)
             model.train()
             with tracker.epoch("train", num_samples=len(train_ds)):
@@ -90,7 +99,7 @@ def main() -> None:
             if rank == 0:
                 print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in val.results.items()), flush=True)
     if rank == 0:
-        print(f"logs written under {os.path.abspath(args.out)}", flush=True)
+        print(f"logs in {tracker.loggers[0].log_dir}", flush=True)
     if distributed:
         dist.barrier()  # leave together: no rank tears the group down under another
         dist.destroy_process_group()
