@@ -350,3 +350,27 @@ def test_a_real_mlflow_server(mlflow_server, tmp_path):
     resumed.log_metrics({"acc/val": 0.5}, step=3 * STEPS)
     resumed.finalize("success")
     assert _points(client, logger.run_id, "acc/val") == [*tracker.history["acc/val"], (3 * STEPS, 0.5)]
+
+
+@pytest.mark.slow
+def test_the_demo_logs_to_an_mlflow_database(tmp_path, _empty_store, capsys):
+    from fabricmetrics.cli import main
+    from fabricmetrics.history import History
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    shutil.copy(_empty_store, out / "mlflow.db")  # an empty store, to spare MLflow's table creation
+    assert main(["demo", "--logger", "mlflow", "csv", "--epochs", "1", "--out", str(out)]) == 0
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    assert f"mlflow ui --backend-store-uri {uri}" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fabricmetrics-demo").experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert sorted(by_name) == ["ssl", "supervised"]
+    for name, key in (("supervised", "acc/val"), ("ssl", "LogisticRegression/accuracy")):
+        run_id = by_name[name].info.run_id
+        assert by_name[name].info.status == "FINISHED"
+        # the same points as the CSV logger wrote next to it: the tracker's steps and values
+        csv_history = History.from_run(out / name / "version_0")
+        assert _points(client, run_id, key) == csv_history[key] and len(csv_history[key]) == 1
+        assert read_mlflow_history(run_id, tracking_uri=uri).keys() == csv_history.keys()
