@@ -17,6 +17,7 @@ checked when the tracker is built; output keys are resolved once per stage, on i
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -186,7 +187,7 @@ def resolve_plan(name: str, spec: NeedsSpec, keys: Collection[str]) -> ArgPlan:
             if candidates:
                 what = f"and the outputs have several keys it could mean: {candidates} (keys present: {sorted(keys)})"
             else:
-                what = f"but the outputs have keys {sorted(keys)}"
+                what = f"but the outputs have keys {sorted(keys)}{_did_you_mean(param, keys)}"
             raise NeedsError(
                 f"Metric `{name}` needs argument `{param}`, {what}. HINT: pass "
                 f"needs={{{name!r}: {_hint(resolved, param, candidates, keys)}}}"
@@ -295,6 +296,21 @@ def _check_bind(name: str, signature: inspect.Signature | None, n_positional: in
     except TypeError as err:
         params = ", ".join(str(p) for p in signature.parameters.values())
         raise ConfigurationError(f"`needs` for metric `{name}` does not fit its signature ({params}): {err}.") from err
+
+
+def _did_you_mean(param: str, keys: Collection[str]) -> str:
+    """``: did you mean `preds`? (accepted: …)`` for an output key that looks like a typo of an accepted one."""
+    accepted = ALIASES.get(param, (param,))
+    close = {
+        match: key
+        for key in keys
+        for match in difflib.get_close_matches(key, accepted, n=1, cutoff=0.7)
+        if key not in accepted
+    }
+    if not close:
+        return ""
+    match, typo = next(iter(close.items()))
+    return f" — did you mean `{match}` instead of `{typo}`? (accepted: {', '.join(accepted)})"
 
 
 def _hint(resolved: Mapping[str, str | None], param: str, candidates: list[str], keys: Collection[str]) -> str:

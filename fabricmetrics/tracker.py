@@ -473,7 +473,8 @@ class MetricsTracker(CallbackHooks):
         if stage != "train":
             return
         for i, probe in enumerate(self._probes):
-            results = probe.maybe_run(epoch, collectives)
+            loggers = self.loggers if collectives.is_main else []
+            results = probe.maybe_run(epoch, collectives, step=self.global_step, loggers=loggers)
             if results:
                 self._claim(results, ("probe", str(i)))
                 self._results.update(results)
@@ -509,8 +510,9 @@ class MetricsTracker(CallbackHooks):
 
         Producers are the epoch values of a stage, the step values of a stage and a probing
         scheduler; :meth:`log` writes the keys it is given (also a probe's or a metric's, on
-        purpose: e.g. a probing before training at step 0). Checked on every rank (the keys are the same everywhere), before anything
-        is recorded, so a collision never overwrites a value silently.
+        purpose: e.g. a probing before training at step 0). Checked on every rank (the keys are
+        the same everywhere), before anything is recorded, so a collision never overwrites a value
+        silently.
         """
         for key in values:
             owner = self._owners.setdefault(key, origin)

@@ -392,10 +392,12 @@ def test_mixing_devices_is_an_error():
 
 def test_more_samples_than_num_samples_is_an_error_naming_both_counts():
     tracker = MetricsTracker({"n": SumMetric()})
-    with pytest.raises(OutputsError, match=r"received 20 samples in this epoch, more than the 10 that num_samples=10"):
-        with tracker.epoch("val", num_samples=10):
-            for _ in range(2):
-                tracker.step("val", {"value": torch.ones(10)})
+    with (
+        pytest.raises(OutputsError, match=r"received 20 samples in this epoch, more than the 10 that num_samples=10"),
+        tracker.epoch("val", num_samples=10),
+    ):
+        for _ in range(2):
+            tracker.step("val", {"value": torch.ones(10)})
     with tracker.epoch("val", num_samples=20) as epoch:  # the next epoch works, with the right count
         for _ in range(2):
             tracker.step("val", {"value": torch.ones(10)})
@@ -497,7 +499,7 @@ class _FakeProbe:
         self.keys = keys
         self.calls = []
 
-    def maybe_run(self, epoch, collectives):
+    def maybe_run(self, epoch, collectives, **kwargs):
         self.calls.append(epoch)
         return {k: float(epoch) for k in self.keys}
 

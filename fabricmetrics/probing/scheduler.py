@@ -16,7 +16,7 @@ rank on its own shard, and only their predictions are gathered.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,8 +24,8 @@ import torch
 from sklearn.base import clone
 from torch import nn
 
-from fabricmetrics.distributed import Collectives, resolve_collectives
-from fabricmetrics.exceptions import ConfigurationError, DistributedError
+from fabricmetrics.distributed import Collectives, resolve_collectives, share_status
+from fabricmetrics.exceptions import ConfigurationError, FabricMetricsError, MetricError
 from fabricmetrics.probing._shards import (
     ProbeData,
     gather_to_main,
@@ -223,6 +223,8 @@ class ProbingScheduler:
         Raises:
             ConfigurationError: a batch, the embeddings or the targets do not fit the probes (the
                 same error on every rank).
+            MetricError: a probe's estimator failed while fitting or scoring (rank 0; the others get a
+                :class:`~fabricmetrics.exceptions.DistributedError` naming it).
             DistributedError: another rank failed (rank 0 raises its own error).
         """
         coll = resolve_collectives(self.fabric) if collectives is None else collectives
@@ -241,12 +243,8 @@ class ProbingScheduler:
                 results = self._score(data, predictions, finite)
             except Exception as err:
                 error = err
-        outcomes = coll.all_gather_object((None if error is None else f"{type(error).__name__}: {error}", results))
-        if error is not None:
-            raise error
-        message, results = outcomes[0]
-        if message is not None:
-            raise DistributedError(f"Probing failed on rank 0 after {self._runs} successful probings: {message}")
+        outcomes = share_status(coll, results, error, where=f"while probing (after {self._runs} successful probings)")
+        results = outcomes[0]
         bad = [s for s, ok in finite.items() if not ok]
         if bad and coll.is_main:
             what = ", ".join("the encoder output" if s == "" else f"layer `{s}`" for s in bad)
@@ -301,15 +299,8 @@ class ProbingScheduler:
             summary = {name: summarize(emb) for name, (_, emb) in local.items()}
         except Exception as err:
             error, summary = err, None
-        statuses = coll.all_gather_object(
-            {"error": None if error is None else f"{type(error).__name__}: {error}", "summary": summary}
-        )
-        if error is not None:
-            raise error
-        for rank, status in enumerate(statuses):
-            if status["error"] is not None:
-                raise DistributedError(f"Rank {rank} failed while embedding the probing data: {status['error']}")
-        return local, [s["summary"] for s in statuses]
+        summaries = share_status(coll, summary, error, where="while embedding the probing data")
+        return local, summaries
 
     def _draw_maps(
         self,
@@ -394,10 +385,15 @@ class ProbingScheduler:
                     assert test is not None
                     scores = p.scorer.from_predictions(target_column(test.targets, p), predictions[(source, p.name)])
                 elif self.cv is not None:
-                    scores = cv_scores(p.estimator, p.scorer, train.features[source], y, self.cv)
+                    scores = _probe_call(
+                        p, source, cv_scores, p.estimator, p.scorer, train.features[source], y, self.cv
+                    )
                 else:
                     assert test is not None
-                    scores = holdout_scores(
+                    scores = _probe_call(
+                        p,
+                        source,
+                        holdout_scores,
                         p.estimator,
                         p.scorer,
                         train.features[source],
@@ -407,3 +403,18 @@ class ProbingScheduler:
                     )
                 results.update({self._key(source, p.name, metric): value for metric, value in scores.items()})
         return results
+
+
+def _probe_call(probe: Any, source: str, fn: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """Fit and score one probe; an error inside the estimator becomes a :class:`MetricError` naming the probe."""
+    try:
+        return fn(*args)
+    except FabricMetricsError:
+        raise
+    except Exception as err:
+        where = f" on layer `{source}`" if source else ""
+        raise MetricError(
+            f"Probe `{probe.name}` ({probe.estimator!r}) failed{where}: {type(err).__name__}: {err}. HINT: check the "
+            "estimator's settings against the probing data (e.g. n_neighbors at most the number of train samples, "
+            "enough samples of every class for cv=), or set max_samples= / another estimator."
+        ) from err

@@ -172,9 +172,12 @@ def test_two_ranks_equal_one_rank_and_failures_reach_every_rank(tmp_path):
         assert sum(rows for width, rows in embedded if width == 12) == 101 + 51
         assert sum(rows for width, rows in embedded if width == 24) == 101 + 51
     errors0, errors1 = ranks[0]["errors"], ranks[1]["errors"]
-    assert errors0["fit on rank 0"] == ("ValueError", "probe exploded")
+    # the estimator's own error is a project error naming the probe on rank 0, a DistributedError elsewhere
+    assert errors0["fit on rank 0"][0] == "MetricError"
+    assert "Probe `task0` (Failing()) failed: ValueError: probe exploded. HINT:" in errors0["fit on rank 0"][1]
     assert errors1["fit on rank 0"][0] == "DistributedError"
-    assert "Probing failed on rank 0" in errors1["fit on rank 0"][1] and "probe exploded" in errors1["fit on rank 0"][1]
+    assert errors1["fit on rank 0"][1].startswith("Rank 0 failed while probing (after ")
+    assert "Probe `task0`" in errors1["fit on rank 0"][1] and "probe exploded" in errors1["fit on rank 0"][1]
     assert errors1["extraction on rank 1"] == ("RuntimeError", "corrupt batch on rank 1")
     assert errors0["extraction on rank 1"] == (
         "DistributedError",
