@@ -16,16 +16,26 @@ from fabricmetrics.history import History
 from fabricmetrics.schedule import Schedule
 
 if TYPE_CHECKING:
+    from fabricmetrics.distributed import num_samples_of
     from fabricmetrics.probing import ProbingScheduler
     from fabricmetrics.tracker import EpochRecord, MetricsTracker
 
-__all__ = ["EpochRecord", "FabricMetricsError", "History", "MetricsTracker", "ProbingScheduler", "Schedule"]
+__all__ = [
+    "EpochRecord",
+    "FabricMetricsError",
+    "History",
+    "MetricsTracker",
+    "ProbingScheduler",
+    "Schedule",
+    "num_samples_of",
+]
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
     "EpochRecord": "fabricmetrics.tracker",
     "MetricsTracker": "fabricmetrics.tracker",
     "ProbingScheduler": "fabricmetrics.probing",
+    "num_samples_of": "fabricmetrics.distributed",
 }
 
 

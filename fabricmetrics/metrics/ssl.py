@@ -22,6 +22,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from fabricmetrics import _tm
 from fabricmetrics.exceptions import InputError
 from fabricmetrics.metrics.functional._backend import (
     ArrayLike,
@@ -328,7 +329,8 @@ class EffectiveRank(Metric):
             InputError: ranks saw different numbers of features (the same error on every rank).
         """
         available = self.distributed_available_fn if distributed_available is None else distributed_available
-        if self.num_features is None and should_sync and not self._is_synced and callable(available) and available():
+        agree = self.num_features is None and should_sync and not _tm.is_synced(self)
+        if agree and callable(available) and available():
             gather = gather_all_tensors if dist_sync_fn is None else dist_sync_fn
             local = torch.tensor(self.gram.shape[0] if self.gram.ndim == 2 else 0, device=self.gram.device)
             dims = sorted({int(d) for d in gather(local, group=process_group)} - {0})
