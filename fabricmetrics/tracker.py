@@ -435,6 +435,8 @@ class MetricsTracker(CallbackHooks):
         record.results, record.samples, record.empty_batches = outcome.results, outcome.samples, outcome.empty_batches
         self._publish_epoch(outcome)
         self._run_probes(stage, st.epochs, collectives)
+        if collectives.is_main:  # every row logged so far is on disk at every epoch end
+            flush_loggers(self.loggers)
 
     def _publish_epoch(self, outcome: EpochOutcome) -> None:
         """Warn about empty epochs and batches, then record and log the epoch's results."""
