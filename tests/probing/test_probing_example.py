@@ -31,4 +31,4 @@ def test_example_runs_quickly_and_writes_logs_and_figures(tmp_path):
     assert list((out / "digits" / "version_0").glob("events.out.tfevents.*"))  # TensorBoard too
     with open(out / "diabetes" / "version_0" / "metrics.csv") as f:
         header = next(csv.reader(f))
-    assert {"task0/R2", "task0/PCC", "task0/EVar", "task1/accuracy", "task1/f1_macro"} <= set(header)
+    assert {"age/R2", "age/PCC", "age/EVar", "sex/accuracy", "sex/f1_macro"} <= set(header)  # probes named by task
