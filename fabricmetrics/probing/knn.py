@@ -5,6 +5,10 @@ The rule of the kNN evaluation of InstDisc (Wu et al., 2018) and DINO (Caron et 
 ``exp(similarity / temperature)``; scikit-learn's rule (Euclidean distance, equal votes) is an
 option. Neighbours are exact: queries are processed in chunks whose similarity block against the
 bank stays under a memory budget, with one matrix product and one ``torch.topk`` per chunk.
+
+The bank is stored **centred** (minus its mean row), which changes no neighbour and no weight but
+keeps float32 exact on embeddings far from the origin: a query's similarities all move by the same
+constant, and the product of centred rows has no large terms that cancel.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from fabricmetrics.probing._torch_utils import (
 
 __all__ = ["KNNProbe"]
 
+_ROWS_PER_CHUNK = 4096  # bank rows normalised in float64 at once
+
 
 class KNNProbe(ClassifierMixin, BaseEstimator):
     """Weighted kNN classifier on cosine similarity, exact and memory-bounded, in torch.
 
-    ``fit`` stores the L2-normalised training embeddings (the *bank*); a query's class scores are
+    ``fit`` stores the L2-normalised training embeddings (the *bank*), centred; a query's class scores are
     ``votes[c] = sum over its k most similar bank rows of class c of exp((s - s_max) / temperature)``
     (the shift by the query's top similarity ``s_max`` changes no ratio and keeps ``exp`` finite).
     ``predict_proba`` returns the votes normalised to sum to one, ``predict`` the label with the
@@ -48,7 +54,8 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
             vote.
         metric: ``"cosine"`` (DINO's rule) or ``"euclidean"``: neighbours by Euclidean distance
             ``d``, weights ``exp(-(d**2 - d_min**2) / temperature)``. With ``temperature=None`` it
-            is ``KNeighborsClassifier``'s rule.
+            is ``KNeighborsClassifier``'s rule (the same neighbours, up to exact ties, whatever the
+            offset of the embeddings: distances are taken between centred rows).
         memory_budget_mb: most MiB of one ``(query chunk, bank)`` similarity block.
         dtype: computation dtype.
         sharded: the bank stays split across ranks. ``fit``, ``predict``, ``predict_proba`` and
@@ -128,8 +135,8 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
                 f"KNNProbe.fit got {data.n_total} samples, fewer than k={self.k} neighbours. "
                 "HINT: lower k or probe on more samples."
             )
-        bank = self._embed(data.X, data.collectives, "KNNProbe.fit", bank=True)
-        self._bank, self._codes, self._largest_shard = bank, data.target, max(data.shard_sizes)
+        self._bank, self._bias, self._center = self._embed_bank(data.X, data.collectives, data.n_total)
+        self._codes, self._largest_shard = data.target, max(data.shard_sizes)
         self.classes_ = data.classes
         self.n_features_in_ = data.X.shape[1]
         self.n_samples_fit_ = data.n_total
@@ -153,15 +160,16 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
     def _votes(self, X: Any, collectives: Collectives | None, where: str) -> torch.Tensor:
         check_is_fitted(self)
         coll = pick_collectives(self.sharded, collectives)
-        queries = self._embed(prepare_queries(X, self.dtype, where, self.n_features_in_, coll), coll, where)
+        queries = self._embed_queries(prepare_queries(X, self.dtype, where, self.n_features_in_, coll), coll, where)
         bank, codes = self._bank.to(queries.device), self._codes.to(queries.device)
+        bias = None if self._bias is None else self._bias.to(queries.device)
         votes = torch.zeros(queries.shape[0], len(self.classes_), dtype=queries.dtype, device=queries.device)
         budget_rows = int(self.memory_budget_mb * 2**20) // (max(self._largest_shard, 1) * queries.element_size())
         if coll.world_size == 1:
             chunk = max(1, min(budget_rows, queries.shape[0]))
             block = queries.new_empty(chunk, bank.shape[0])  # reused: no fresh pages for every chunk
             for start in range(0, queries.shape[0], chunk):
-                sims, labels = _local_topk(queries[start : start + chunk], bank, codes, self.k, block)
+                sims, labels = _local_topk(queries[start : start + chunk], bank, bias, codes, self.k, block)
                 votes[start : start + chunk] = self._vote(sims, labels, votes.shape[1])
             return votes
         # Sharded: in each round every rank contributes up to `chunk` queries; all of them are
@@ -171,7 +179,7 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         block = queries.new_empty(chunk * coll.world_size, bank.shape[0])
         for start in range(0, n_rounds * chunk, chunk):
             blocks = coll.all_gather_list(queries[start : start + chunk])
-            sims, labels = _local_topk(torch.cat(blocks), bank, codes, self.k, block)
+            sims, labels = _local_topk(torch.cat(blocks), bank, bias, codes, self.k, block)
             offset, mine = sum(len(b) for b in blocks[: coll.rank]), len(blocks[coll.rank])
             cand_sims = torch.cat([s[offset : offset + mine] for s in coll.all_gather_list(sims)], dim=1)
             cand_labels = torch.cat([c[offset : offset + mine] for c in coll.all_gather_list(labels)], dim=1)
@@ -179,20 +187,46 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
             votes[start : start + mine] = self._vote(top, cand_labels.gather(1, where_), votes.shape[1])
         return votes
 
-    def _embed(self, X: torch.Tensor, coll: Collectives, where: str, *, bank: bool = False) -> torch.Tensor:
-        """Rows ready for one matrix product whose largest entries are the nearest neighbours.
+    def _embed_bank(
+        self, X: torch.Tensor, coll: Collectives, n_total: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The centred bank, the per-row bias of the Euclidean score (None for cosine), and the centre.
 
-        Cosine: rows divided by their L2 norm (zero rows stay zero). Euclidean: ``[x, -|x|**2 / 2]``
-        for the bank and ``[q, 1]`` for queries, whose product ``q.x - |x|**2 / 2`` is
-        ``(|q|**2 - d**2) / 2``. Non-finite rows raise on every rank.
+        The score of query ``q`` against bank row ``x`` is ``q' . x' + bias``, largest for the nearest
+        rows, where ``c`` is the mean bank row (over every rank's shard) and ``x' = x - c``:
+
+        * cosine: ``x`` and ``q`` L2-normalised (zero rows stay zero), ``q' = q``, no bias:
+          ``q . x - q . c``, the cosine shifted by a constant of the query. The bank is normalised and
+          centred in float64 and rounded once, so its centred rows keep their own relative precision.
+        * Euclidean: ``q' = q - c`` and ``bias = -|x'|**2 / 2``: ``(|q'|**2 - d**2) / 2``. Centring makes
+          ``|x'|`` and ``|q'|`` of the order of the spread of the data, so nothing large cancels.
         """
-        norms = torch.linalg.vector_norm(X, dim=1, keepdim=True)
-        bad = int(coll.all_reduce_sum((~torch.isfinite(norms)).sum().reshape(1)).item())
+        self._check_finite(X, coll, "KNNProbe.fit")
+        if self.metric == "euclidean":
+            center = (coll.all_reduce_sum(X.sum(dim=0, dtype=torch.float64)) / n_total).to(X.dtype)
+            bank = X - center
+            return bank, -0.5 * torch.linalg.vecdot(bank, bank), center
+        total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+        for start in range(0, X.shape[0], _ROWS_PER_CHUNK):
+            total += _unit_rows(X[start : start + _ROWS_PER_CHUNK].double()).sum(dim=0)
+        center64 = coll.all_reduce_sum(total) / n_total
+        bank = torch.empty_like(X)
+        for start in range(0, X.shape[0], _ROWS_PER_CHUNK):
+            rows = _unit_rows(X[start : start + _ROWS_PER_CHUNK].double())
+            bank[start : start + _ROWS_PER_CHUNK] = rows.sub_(center64)
+        return bank, None, center64.to(X.dtype)
+
+    def _embed_queries(self, X: torch.Tensor, coll: Collectives, where: str) -> torch.Tensor:
+        """Query rows for the product with the bank (see :meth:`_embed_bank`)."""
+        self._check_finite(X, coll, where)
+        return _unit_rows(X) if self.metric == "cosine" else X - self._center.to(X.device)
+
+    @staticmethod
+    def _check_finite(X: torch.Tensor, coll: Collectives, where: str) -> None:
+        """Raise on every rank when some rank's rows hold NaN or infinity."""
+        bad = int(coll.all_reduce_sum((~torch.isfinite(X).all(dim=1)).sum().reshape(1)).item())
         if bad:
             raise InputError(f"{where}: {bad} rows of the features contain NaN or infinity.")
-        if self.metric == "cosine":
-            return X / norms.clamp_min(torch.finfo(X.dtype).tiny)
-        return torch.cat([X, -0.5 * norms.square() if bank else torch.ones_like(norms)], dim=1)
 
     def _vote(self, sims: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
         """Per-class sums of the neighbours' weights (``-inf`` padding weighs nothing)."""
@@ -204,15 +238,26 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         return sims.new_zeros(sims.shape[0], n_classes).scatter_add_(1, labels, weights)
 
 
-def _local_topk(
-    queries: torch.Tensor, bank: torch.Tensor, codes: torch.Tensor, k: int, block: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest similarities of each query in ``bank`` and their class codes, sorted.
+def _unit_rows(X: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L2 norm (zero rows stay zero)."""
+    return X / torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
 
-    ``block`` holds the similarities (its first ``len(queries)`` rows are overwritten). A bank
-    (shard) with fewer than ``k`` rows is padded with ``-inf`` similarities, which weigh 0.
+
+def _local_topk(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    bias: torch.Tensor | None,
+    codes: torch.Tensor,
+    k: int,
+    block: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest scores ``queries @ bank.T + bias`` of each query and their class codes, sorted.
+
+    ``block`` holds the scores (its first ``len(queries)`` rows are overwritten). A bank (shard)
+    with fewer than ``k`` rows is padded with ``-inf`` scores, which weigh 0.
     """
-    sims_all = torch.mm(queries, bank.t(), out=block[: queries.shape[0]])
+    out = block[: queries.shape[0]]
+    sims_all = torch.mm(queries, bank.t(), out=out) if bias is None else torch.addmm(bias, queries, bank.t(), out=out)
     sims, index = sims_all.topk(min(k, bank.shape[0]), dim=1)
     labels = codes[index]
     if sims.shape[1] < k:

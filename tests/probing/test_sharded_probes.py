@@ -140,7 +140,8 @@ def test_sharded_probes_equal_single_process(ranks: list[dict[str, Any]]) -> Non
 def test_a_bad_shard_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     errors = [r["errors"] for r in ranks]
     assert errors[1][0].startswith("InputError: LinearProbe.fit expects X of shape (n_samples, n_features)")
-    assert errors[0][0].startswith("DistributedError: LinearProbe.fit: rank 1 could not use its shard")
+    assert errors[0][0].startswith("DistributedError:")
+    assert "rank 1" in errors[0][0].lower() and "LinearProbe.fit" in errors[0][0] and "shard" in errors[0][0]
     for rank_errors in errors:
         assert rank_errors[1] == "InputError: KNNProbe.fit: 1 rows of the features contain NaN or infinity."
         assert rank_errors[2] == (

@@ -40,8 +40,10 @@ from fabricmetrics.metrics.functional._kernels import (
     RETRIEVAL_BUFFERS,
     UNIFORMITY_BUFFERS,
     alignment_terms,
+    centred_rows,
     effective_rank_from_singular_values,
     retrieval_hits,
+    retrieval_operands,
     rows_per_block,
     uniformity_log_mean,
 )
@@ -127,8 +129,10 @@ def uniformity_score(
     """Uniformity: ``log mean_{i≠j} exp(-t ‖ẑ_i - ẑ_j‖²)`` over ordered pairs (lower is better).
 
     Computed exactly and stably without the ``n x n`` matrix: blocks of rows against the later rows
-    (the kernel is symmetric), squared distances ``‖z_i‖² + ‖z_j‖² - 2 z_i·z_j`` clamped at 0, and a
-    log-sum-exp per block combined by a final log-sum-exp. Memory is ``O(rows x n)``.
+    (the kernel is symmetric), squared distances ``‖z_i‖² + ‖z_j‖² - 2 z_i·z_j`` of the rows minus
+    their mean (normalised and centred in float64, then rounded once, so float32 keeps its accuracy
+    on embeddings far from the origin) clamped at 0, and a log-sum-exp per block combined by a final
+    log-sum-exp. Memory is ``O(rows x n)``.
 
     Args:
         z: ``(n_samples, n_features)`` embeddings, at least 2 samples.
@@ -165,7 +169,7 @@ def uniformity_score(
     check_rows_per_block(chunk_size, memory_budget_bytes)
     n = tz.shape[0]
     rows = rows_per_block(n - 1, n, tz.element_size(), UNIFORMITY_BUFFERS, chunk_size, memory_budget_bytes)
-    return from_torch(uniformity_log_mean(normalize_rows(tz, normalize), float(t), rows), to_numpy)
+    return from_torch(uniformity_log_mean(centred_rows(tz, normalize), float(t), rows), to_numpy)
 
 
 @overload
@@ -206,7 +210,10 @@ def contrastive_accuracy_score(
     entry) is in the top-k: **fewer than k entries of the row are strictly greater than the
     positive**. Ties thus count in the positive's favour, and the result depends neither on the order
     of the samples nor on the block size (short of near-ties that the matrix product rounds
-    differently for another block shape). The score is ``hits / (2 n)``. A collapsed
+    differently for another block shape). The product runs on centred rows with two correction
+    columns (:func:`~fabricmetrics.metrics.functional._kernels.retrieval_operands`), which order every
+    row and column as ``S`` does, so float32 ranks embeddings far from the origin correctly. The
+    score is ``hits / (2 n)``. A collapsed
     embedding (all similarities equal) scores 1: watch :func:`effective_rank` or uniformity for
     collapse.
 
@@ -246,7 +253,7 @@ def contrastive_accuracy_score(
     if topk >= n:  # every positive is among the n candidates of its row
         return from_torch(torch.ones((), dtype=t1.dtype, device=t1.device), to_numpy)
     rows = rows_per_block(n, n, t1.element_size(), RETRIEVAL_BUFFERS, chunk_size, memory_budget_bytes)
-    hits = retrieval_hits(normalize_rows(t1, normalize), normalize_rows(t2, normalize), int(topk), rows)
+    hits = retrieval_hits(*retrieval_operands(t1, t2, normalize), int(topk), rows)
     return from_torch(hits.to(t1.dtype) / (2 * n), to_numpy)
 
 
