@@ -9,8 +9,10 @@ loops over its bounds without asking what they are — as each ``torchmetrics.Me
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import math
+import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -281,13 +283,21 @@ class TorchmetricBound(Bound):
         _tm.detach_auto_sync(self.metric, _never_distributed)
         self.leader: TorchmetricBound | None = None
         self._sync_error: BaseException | None = None
+        self._description: str | None = None
 
     def describe(self) -> str:
-        """The metric's class and what determines its update (see :func:`update_signature`)."""
-        cls = type(self.metric)
-        signature = update_signature(self.metric)
-        detail = "" if signature is None else f" {signature[2:]!r}"
-        return f"torchmetric {cls.__module__}.{cls.__qualname__}{detail}"
+        """The metric's class, its settings and a digest of what determines its update (:func:`update_signature`).
+
+        Computed once: the settings of a metric do not change, and the digest keeps the string short
+        however large the metric's default states are.
+        """
+        if self._description is None:
+            cls = type(self.metric)
+            signature = update_signature(self.metric)
+            settings = "" if signature is None else _without_addresses(repr(signature[3]))
+            digest = hashlib.sha1(_without_addresses(repr(signature)).encode()).hexdigest()[:12]
+            self._description = f"torchmetric {cls.__module__}.{cls.__qualname__} {settings[:200]} (update {digest})"
+        return self._description
 
     def step(self, args: list[Any], kwargs: dict[str, Any], n: int, *, log_step: bool, accumulate: bool) -> Any:
         """Update the state: ``forward`` on a logged step (its batch value), else ``update`` (leaders only)."""
@@ -372,7 +382,7 @@ class _CallableBound(Bound):
 
     def describe(self) -> str:
         """The kind and the callable's qualified name (and a partial's bound arguments)."""
-        return f"{self.kind} {_describe_callable(self.fn)}"
+        return f"{self.kind} {_without_addresses(_describe_callable(self.fn))}"
 
     def apply(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Apply the callable (without autograd)."""
@@ -556,6 +566,11 @@ def first_dim(value: Any) -> int | None:
     if isinstance(value, (list, tuple)):
         return len(value)
     return None
+
+
+def _without_addresses(text: str) -> str:
+    """A repr without the memory addresses of default object reprs (they differ between processes)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
 def _describe_callable(fn: Any) -> str:
