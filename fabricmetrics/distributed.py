@@ -441,7 +441,7 @@ def share_status(
     if failed:
         rank, text = failed[0]
         others = f" (and ranks {[r for r, _ in failed[1:]]})" if len(failed) > 1 else ""
-        raise DistributedError(f"Rank {rank}{others} failed {where}: {text}. {consequence}".rstrip())
+        raise DistributedError(f"Rank {rank}{others} failed {where}: {text.rstrip('.')}. {consequence}".rstrip())
     return [p for _, p in statuses]
 
 
