@@ -152,6 +152,22 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_embedding_maps(run_dir: Path, path: Path) -> None:
+    """Also draw the embedding maps over probings of a run probed with ``maps=``, if it has them."""
+    from fabricmetrics.history import _log_location
+
+    where, _ = _log_location(run_dir)
+    maps = (where.parent if where.is_file() else where) / "embedding_maps"
+    if not any(maps.glob("embedding_map_*.npz")):  # checked before importing torch
+        return
+    import matplotlib.pyplot as plt
+
+    from fabricmetrics.probing.maps import plot_embedding_maps
+
+    plt.close(plot_embedding_maps(maps, path))
+    print(f"Read the embedding maps in {maps}; wrote {path}")
+
+
 def _runs_under(root: Path) -> dict[str, Path]:
     """The runs in a folder that holds several, by name (their path below ``root``); ``{}`` otherwise.
 
