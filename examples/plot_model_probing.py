@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fabricmetrics import MetricsTracker, ProbingScheduler, Schedule
 from fabricmetrics.loggers import CSVLogger, TensorBoardLogger
 from fabricmetrics.metrics import alignment_score, uniformity_score
+from fabricmetrics.probing import EmbeddingMaps, plot_embedding_maps
 
 QUICK = os.environ.get("FABRICMETRICS_EXAMPLE_QUICK") == "1"
 OUT = Path(os.environ.get("FABRICMETRICS_EXAMPLE_OUT", "runs/plot_model_probing"))
@@ -146,7 +147,14 @@ optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-
 # global step, next to the training metrics (the loss, and the alignment and uniformity of the
 # two views' embeddings).
 
-probe = ProbingScheduler(encoder, train_xy, test_xy, probe=LogisticRegression(max_iter=1000), every_n_epochs=1)
+probe = ProbingScheduler(
+    encoder,
+    train_xy,
+    test_xy,
+    probe=LogisticRegression(max_iter=1000),
+    every_n_epochs=1,
+    maps=EmbeddingMaps("tsne", max_points=300),  # a map of the test embeddings at each probing
+)
 tracker = MetricsTracker(
     {"loss": lambda loss: loss, "alignment": alignment_score, "uniformity": uniformity_score},
     needs={"uniformity": ["z1"]},
@@ -156,7 +164,8 @@ tracker = MetricsTracker(
 )
 
 with tracker:
-    tracker.log(probe.run(), step=0)  # the untrained encoder, as a baseline
+    # the untrained encoder, as a baseline (its map is epoch 0)
+    tracker.log(probe.run(epoch=0, step=0, loggers=tracker.loggers), step=0)
     for epoch in range(1, EPOCHS + 1):
         with tracker.epoch("train", total=len(train_ssl)):
             for (x,) in train_ssl:
@@ -181,6 +190,18 @@ fig = tracker.history.plot(
 plt.show()
 accuracy = [value for _, value in tracker.history["LogisticRegression/accuracy"]]
 print(f"probe accuracy: {accuracy[0]:.3f} untrained → {accuracy[-1]:.3f} after {EPOCHS} epochs")
+
+# %%
+# Maps of the embedding space
+# ---------------------------
+# With ``maps=``, every probing also draws a 2-D map (here t-SNE; PCA by default) of a seeded
+# subsample of the test embeddings, coloured by the digit: a PNG per probing in the run's
+# ``embedding_maps`` folder, the same figure in TensorBoard's *Images* tab, and the subsample in
+# TensorBoard's *Projector*. :func:`~fabricmetrics.probing.plot_embedding_maps` puts the probings
+# side by side (``fabricmetrics plot`` draws it too): the digits' clusters form as the encoder trains.
+
+fig = plot_embedding_maps(tracker.loggers[0].log_dir, OUT / "digits_embedding_maps.png")
+plt.show()
 
 # %%
 # Multitask probing: age and sex from other measurements
@@ -255,3 +276,4 @@ plt.show()
 # ``docs/probing.md``.
 print(f"done in {time.perf_counter() - start:.1f} s")
 print(f"logs in {OUT / 'digits'} and {OUT / 'diabetes'}; figures in {OUT}: digits_probe.png, diabetes_probe.png")
+print(f"embedding maps in {OUT / 'digits_embedding_maps.png'} and {OUT / 'digits'}/version_*/embedding_maps")

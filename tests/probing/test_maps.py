@@ -323,3 +323,32 @@ def test_two_ranks_only_rank0_writes_and_scores_are_unchanged(tmp_path: Path) ->
     with torch.no_grad():
         z = encoder()(test.tensors[0][single["index"]]).numpy()
     same_up_to_sign(single["coords_0"], PCA(2, svd_solver="full").fit_transform(z))
+
+
+# --------------------------------------------------------------------------------------------------
+# through the tracker
+
+
+def test_tracker_hands_its_step_and_loggers_to_the_maps(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fabricmetrics import MetricsTracker
+
+    tb = TensorBoardLogger(tmp_path, name="run", version=0)
+    tracker = MetricsTracker(
+        {"loss": lambda loss: loss}, loggers=[tb, CSVLogger(tmp_path, name="run", version=0)], probes=[scheduler(True)]
+    )
+    with tracker:
+        for _ in range(2):
+            with tracker.epoch("train"):
+                for _ in range(3):
+                    tracker.step("train", {"loss": torch.tensor(1.0)}, batch_size=1)
+    events = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("embedding_map")] == [3, 6]  # tracker.global_step at each probing
+    maps = Path(tb.log_dir) / "embedding_maps"
+    assert sorted(p.name for p in maps.glob("*.png")) == [
+        "embedding_map_epoch001.png",
+        "embedding_map_epoch002.png",
+        "embedding_maps.png",
+    ]
