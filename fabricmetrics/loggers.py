@@ -49,7 +49,11 @@ __all__ = [
 ]
 
 # Loggers of optional packages, imported on first use: name → (module, the extra that installs its package)
-_OPTIONAL = {"MLFlowLogger": ("fabricmetrics._mlflow", "mlflow"), "WandbLogger": ("fabricmetrics._wandb", "wandb")}
+_OPTIONAL = {
+    "MLFlowLogger": ("fabricmetrics._mlflow", "mlflow"),
+    "read_mlflow_history": ("fabricmetrics._mlflow", "mlflow"),
+    "WandbLogger": ("fabricmetrics._wandb", "wandb"),
+}
 
 
 def __getattr__(name: str) -> Any:
