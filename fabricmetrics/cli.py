@@ -219,6 +219,14 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR", help="output folder")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of each part")
+    parser.add_argument(
+        "--logger",
+        dest="loggers",
+        nargs="+",
+        choices=["tensorboard", "csv", "mlflow"],
+        default=["tensorboard", "csv"],
+        help="where to log, one or several; mlflow writes DIR/mlflow.db (needs fabricmetrics[mlflow])",
+    )
     parser.set_defaults(run=_demo)
 
 
@@ -229,7 +237,7 @@ def _demo(args: argparse.Namespace) -> int:
     _draw_into_files()
     from fabricmetrics.demo import main as demo_main
 
-    return demo_main(args.out, epochs=args.epochs)
+    return demo_main(args.out, epochs=args.epochs, loggers=args.loggers)
 
 
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_plot, _add_demo)

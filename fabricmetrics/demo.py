@@ -19,8 +19,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from sklearn.datasets import load_digits
@@ -30,13 +32,15 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
-from fabricmetrics.loggers import CSVLogger, TensorBoardLogger
+from fabricmetrics.loggers import CSVLogger, Logger, TensorBoardLogger
 from fabricmetrics.metrics import alignment_score, contrastive_accuracy_score, uniformity_score
 from fabricmetrics.probing import ProbingScheduler
 from fabricmetrics.schedule import Schedule
 from fabricmetrics.tracker import MetricsTracker
 
 __all__ = ["DemoResult", "DigitsCNN", "digits_datasets", "info_nce", "run_demo", "two_views"]
+
+LoggerKind = Literal["tensorboard", "csv", "mlflow"]
 
 
 def digits_datasets(val_fraction: float = 0.2, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -164,13 +168,21 @@ class DemoResult:
     final: dict[str, dict[str, float]]
 
 
-def run_demo(out: str | os.PathLike[str] = "runs/demo", *, epochs: int = 10, progress: bool = True) -> DemoResult:
+def run_demo(
+    out: str | os.PathLike[str] = "runs/demo",
+    *,
+    epochs: int = 10,
+    progress: bool = True,
+    loggers: Sequence[LoggerKind] = ("tensorboard", "csv"),
+) -> DemoResult:
     """Run both parts of the demo and write logs and plots under ``out``.
 
     Args:
         out: output directory (created).
         epochs: epochs of each part (10 take about 20 s on 2 idle CPU cores; 1 for a smoke test).
         progress: show the live progress display.
+        loggers: where to log: TensorBoard and CSV files under ``out/<part>/version_0``, and/or an
+            MLflow database ``out/mlflow.db`` (one run per part; needs ``fabricmetrics[mlflow]``).
 
     Returns:
         Where everything was written, and the final values.
@@ -178,12 +190,12 @@ def run_demo(out: str | os.PathLike[str] = "runs/demo", *, epochs: int = 10, pro
     out = Path(out)
     torch.manual_seed(0)
     train_ds, val_ds = digits_datasets()
-    supervised = _supervised(out, train_ds, val_ds, epochs, progress)
-    ssl = _self_supervised(out, train_ds, val_ds, epochs, progress)
+    supervised = _supervised(out, train_ds, val_ds, epochs, progress, loggers)
+    ssl = _self_supervised(out, train_ds, val_ds, epochs, progress, loggers)
     pngs = [out / "supervised.png", out / "ssl.png"]
     supervised.history.plot(title="Supervised CNN on digits", path=pngs[0])
     ssl.history.plot(title="SimCLR-style encoder on digits: SSL metrics and linear probe", path=pngs[1])
-    log_dirs = [Path(lg.log_dir) for lg in (*supervised.loggers, *ssl.loggers) if lg.log_dir]
+    log_dirs = [Path(lg.log_dir) for lg in (*supervised.loggers, *ssl.loggers) if lg.log_dir and lg.root_dir]
     final = {
         "supervised": {k: supervised.history.last(k) for k in supervised.history},
         "ssl": {k: ssl.history.last(k) for k in ssl.history},
@@ -191,12 +203,26 @@ def run_demo(out: str | os.PathLike[str] = "runs/demo", *, epochs: int = 10, pro
     return DemoResult(out=out, pngs=pngs, log_dirs=sorted(set(log_dirs)), final=final)
 
 
-def _loggers(out: Path, name: str) -> list[CSVLogger | TensorBoardLogger]:
-    return [TensorBoardLogger(out, name=name, version=0), CSVLogger(out, name=name, version=0)]
+def _loggers(out: Path, name: str, kinds: Sequence[LoggerKind]) -> list[Logger]:
+    loggers: list[Logger] = []
+    if "tensorboard" in kinds:
+        loggers.append(TensorBoardLogger(out, name=name, version=0))
+    if "csv" in kinds:
+        loggers.append(CSVLogger(out, name=name, version=0))
+    if "mlflow" in kinds:
+        from fabricmetrics.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger("fabricmetrics-demo", tracking_uri=mlflow_uri(out), run_name=name))
+    return loggers
+
+
+def mlflow_uri(out: str | os.PathLike[str]) -> str:
+    """The MLflow tracking URI of the demo's database under ``out``: ``sqlite:///<out>/mlflow.db``."""
+    return f"sqlite:///{(Path(out) / 'mlflow.db').resolve()}"
 
 
 def _supervised(
-    out: Path, train_ds: TensorDataset, val_ds: TensorDataset, epochs: int, progress: bool
+    out: Path, train_ds: TensorDataset, val_ds: TensorDataset, epochs: int, progress: bool, kinds: Sequence[LoggerKind]
 ) -> MetricsTracker:
     model = DigitsCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -210,7 +236,7 @@ def _supervised(
             "recall": MulticlassRecall(num_classes=10, average="macro"),
             "loss": lambda loss: loss.mean(),
         },
-        loggers=_loggers(out, "supervised"),
+        loggers=_loggers(out, "supervised", kinds),
         schedule={"train": Schedule(every_n_steps=5, per_step=True)},
         progress=progress,
     )
@@ -236,7 +262,7 @@ def _supervised(
 
 
 def _self_supervised(
-    out: Path, train_ds: TensorDataset, val_ds: TensorDataset, epochs: int, progress: bool
+    out: Path, train_ds: TensorDataset, val_ds: TensorDataset, epochs: int, progress: bool, kinds: Sequence[LoggerKind]
 ) -> MetricsTracker:
     model = DigitsCNN(out_features=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -257,7 +283,7 @@ def _self_supervised(
             "alignment": ["z1", "z2"],
             "contrastive_acc": ["z1", "z2"],
         },
-        loggers=_loggers(out, "ssl"),
+        loggers=_loggers(out, "ssl", kinds),
         schedule={"train": Schedule(every_n_steps=5, per_step=True)},
         probes=[probe],
         progress=progress,
@@ -281,29 +307,34 @@ def _self_supervised(
     return tracker
 
 
-def main(out: str, epochs: int = 10) -> int:
+def main(out: str, epochs: int = 10, loggers: Sequence[LoggerKind] = ("tensorboard", "csv")) -> int:
     """What ``fabricmetrics demo`` runs: the demo, then what it found and where everything went.
 
     Args:
         out: output directory.
         epochs: epochs of each part.
+        loggers: where to log (see :func:`run_demo`).
 
     Returns:
         The exit code (0).
     """
     start = time.perf_counter()
-    result = run_demo(out, epochs=epochs)
+    result = run_demo(out, epochs=epochs, loggers=loggers)
     print(f"\nfabricmetrics demo finished in {time.perf_counter() - start:.0f} s.")
     for line in _headlines(result.final):
         print(f"  {line}")
     print("Plots (one per part):")
     for png in result.pngs:
         print(f"  {png}")
-    print("Logs, one folder per part (TensorBoard event files and metrics.csv):")
-    for log_dir in result.log_dirs:
-        print(f"  {log_dir}")
-    print(f"Compare the parts in one figure:  fabricmetrics plot {result.out}")
-    print(f"Browse the logs in TensorBoard:  pip install tensorboard  &&  tensorboard --logdir {result.out}")
+    if result.log_dirs:
+        print("Logs, one folder per part (TensorBoard event files and metrics.csv):")
+        for log_dir in result.log_dirs:
+            print(f"  {log_dir}")
+        print(f"Compare the parts in one figure:  fabricmetrics plot {result.out}")
+    if "tensorboard" in loggers:
+        print(f"Browse the logs in TensorBoard:  pip install tensorboard  &&  tensorboard --logdir {result.out}")
+    if "mlflow" in loggers:
+        print(f"Browse the MLflow runs:  mlflow ui --backend-store-uri {mlflow_uri(out)}")
     return 0
 
 
