@@ -153,19 +153,26 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _plot_embedding_maps(run_dir: Path, path: Path) -> None:
-    """Also draw the embedding maps over probings of a run probed with ``maps=``, if it has them."""
+    """Also draw the embedding maps over probings of a run probed with ``maps=``, if it has them.
+
+    One PNG per ``embedding_maps*`` folder (one per scheduler prefix): ``embedding_maps_probe`` → ``path``
+    with ``_probe`` after its stem.
+    """
     from fabricmetrics.history import _log_location
 
     where, _ = _log_location(run_dir)
-    maps = (where.parent if where.is_file() else where) / "embedding_maps"
-    if not any(maps.glob("embedding_map_*.npz")):  # checked before importing torch
+    base = where.parent if where.is_file() else where
+    found = sorted(f for f in base.glob("embedding_maps*") if f.is_dir() and any(f.glob("embedding_map_*.npz")))
+    if not found:  # checked before importing torch
         return
     import matplotlib.pyplot as plt
 
     from fabricmetrics.probing.maps import plot_embedding_maps
 
-    plt.close(plot_embedding_maps(maps, path))
-    print(f"Read the embedding maps in {maps}; wrote {path}")
+    for maps in found:
+        target = path.with_name(f"{path.stem}{maps.name[len('embedding_maps') :]}{path.suffix}")
+        plt.close(plot_embedding_maps(maps, target))
+        print(f"Read the embedding maps in {maps}; wrote {target}")
 
 
 def _runs_under(root: Path) -> dict[str, Path]:

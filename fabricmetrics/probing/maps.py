@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,15 +29,27 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from fabricmetrics.exceptions import ConfigurationError, LogDirectoryError, warn
+from fabricmetrics.probing._map_figures import (
+    DPI,
+    FILE_PREFIX,
+    METHOD_NAMES,
+    PANEL,
+    Record,
+    draw_records,
+    label_text,
+    new_figure,
+    read_records,
+    rgb,
+    select,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
     "EmbeddingMaps",
     "MapTask",
-    "find_map_folder",
+    "find_map_folders",
     "map_tasks",
     "plot_embedding_maps",
     "project_2d",
@@ -47,12 +60,6 @@ __all__ = [
 MapMethod = Literal["pca", "tsne"]
 FOLDER = "embedding_maps"
 SUMMARY = "embedding_maps.png"
-_PREFIX = "embedding_map_"
-_PANEL = 3.0  # inches per panel of a probing's figure
-_SUMMARY_PANEL = 2.3  # inches per panel of the summary
-_DPI = 110
-_MAX_CATEGORIES = 20  # more distinct labels are drawn with a colour bar
-_WRAP = 5  # probings per row when the summary has one panel per probing
 
 
 @dataclass(frozen=True)
@@ -132,14 +139,19 @@ class EmbeddingMaps:
             "HINT: maps=True, or maps=EmbeddingMaps('tsne', max_points=1000)."
         )
 
-    def folder(self, loggers: Sequence[Any]) -> Path | None:
-        """Where the files go: ``out``, else ``embedding_maps`` in the first logger's ``log_dir``."""
+    def folder(self, loggers: Sequence[Any], prefix: str | None = None) -> Path | None:
+        """Where the files go; ``None`` when no folder is known.
+
+        ``out``, else ``embedding_maps`` in the first logger's ``log_dir`` (``embedding_maps_{prefix}``
+        for a scheduler with a prefix, so that two schedulers keep their maps apart).
+        """
         if self.out is not None:
             return self.out
+        name = FOLDER if not prefix else f"{FOLDER}_{re.sub(r'[^A-Za-z0-9._-]', '_', prefix)}"
         for logger in loggers:
             log_dir = getattr(logger, "log_dir", None)
             if log_dir:
-                return Path(log_dir) / FOLDER
+                return Path(log_dir) / name
         return None
 
     def write(
@@ -165,7 +177,7 @@ class EmbeddingMaps:
             run: the probing's number (1 for the first).
             epoch: completed train epochs, if known (names the files).
             step: the global step of the TensorBoard image and projector (default ``run``).
-            loggers: where the image and projector go; the first ``log_dir`` is the default folder.
+            loggers: where the image and projector go; the first ``log_dir`` holds the default folder.
             prefix: put in front of the TensorBoard tags.
             split: which loader's samples these are (in the title).
 
@@ -199,21 +211,21 @@ class EmbeddingMaps:
             "axes": axes,
             "tasks": [{"name": t.name, "column": t.column, "categorical": t.categorical} for t in tasks],
         }
-        record = _Record(meta, coords, labels)
-        title = f"Embedding maps at {when}: {_METHOD_NAMES[self.method]} of {len(index)} {split} points"
-        figure = _draw_records([record], _new_figure, title=title, panel=_PANEL)
-        folder = self.folder(loggers)
+        record = Record(meta, coords, labels)
+        title = f"Embedding maps at {when}: {METHOD_NAMES[self.method]} of {len(index)} {split} points"
+        figure = draw_records([record], new_figure, title=title, panel=PANEL)
+        folder = self.folder(loggers, prefix)
         png = None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            stem = f"{_PREFIX}epoch{epoch:03d}" if epoch is not None else f"{_PREFIX}probing{run:03d}"
+            stem = f"{FILE_PREFIX}epoch{epoch:03d}" if epoch is not None else f"{FILE_PREFIX}probing{run:03d}"
             png = folder / f"{stem}.png"
-            _atomic(png, lambda f: figure.savefig(f, dpi=_DPI, format="png"))
+            _atomic(png, lambda f: figure.savefig(f, dpi=DPI, format="png"))
             arrays: dict[str, Any] = {f"coords_{i}": c for i, c in enumerate(coords.values())}
             arrays.update(meta=json.dumps(meta), labels=labels, index=index)
             _atomic(folder / f"{stem}.npz", lambda f: np.savez(f, **arrays))
-            summary = _draw_records(_select(read_records(folder), self.max_columns), _new_figure, title=None)
-            _atomic(folder / SUMMARY, lambda f: summary.savefig(f, dpi=_DPI, format="png"))
+            summary = draw_records(select(read_records(folder), self.max_columns), new_figure, title=None)
+            _atomic(folder / SUMMARY, lambda f: summary.savefig(f, dpi=DPI, format="png"))
         else:
             self._warn_once(
                 "folder",
@@ -236,7 +248,7 @@ class EmbeddingMaps:
         prefix: str | None,
     ) -> None:
         image: np.ndarray | None = None
-        metadata = [[_label_text(v, t.categorical) for v, t in zip(row, tasks, strict=True)] for row in labels]
+        metadata = [[label_text(v, t.categorical) for v, t in zip(row, tasks, strict=True)] for row in labels]
         header = [t.name for t in tasks] if len(tasks) > 1 else None
         for logger in loggers:
             try:
@@ -244,7 +256,7 @@ class EmbeddingMaps:
                 if not hasattr(experiment, "add_image"):
                     continue
                 if image is None:
-                    image = _rgb(figure)
+                    image = rgb(figure)
                 experiment.add_image(_tag(prefix, "embedding_map"), image, global_step=step, dataformats="HWC")
                 if hasattr(experiment, "add_embedding"):
                     for source, x in points.items():
@@ -348,7 +360,8 @@ def plot_embedding_maps(
     share one colour scale per row. The figure is a ``pyplot`` figure (notebooks show it).
 
     Args:
-        run_dir: the ``embedding_maps`` folder, or a run's log folder that holds one.
+        run_dir: an ``embedding_maps`` folder, or a run's log folder that holds one (several, one per
+            scheduler ``prefix``: pass the one to draw).
         path: where to save the PNG (parent folders are created).
         max_columns: most probings shown.
 
@@ -356,181 +369,41 @@ def plot_embedding_maps(
         The figure; close it with ``plt.close(fig)``.
 
     Raises:
-        LogDirectoryError: no embedding maps were found there.
+        LogDirectoryError: no embedding maps, or several folders of them, were found there.
     """
     import matplotlib.pyplot as plt
 
-    folder = find_map_folder(run_dir)
-    if folder is None:
+    folders = find_map_folders(run_dir)
+    if not folders:
         raise LogDirectoryError(
-            f"No embedding maps ({_PREFIX}*.npz) in {run_dir}. "
+            f"No embedding maps ({FILE_PREFIX}*.npz) in {run_dir}. "
             "HINT: probe with ProbingScheduler(..., maps=True) and pass the run's log folder."
         )
-    figure = _draw_records(_select(read_records(folder), max_columns), lambda **kw: plt.figure(**kw), title=None)
+    if len(folders) > 1:
+        raise LogDirectoryError(
+            f"{run_dir} holds the embedding maps of several schedulers: {[f.name for f in folders]}. "
+            "HINT: pass one of these folders."
+        )
+    folder = folders[0]
+    figure = draw_records(select(read_records(folder), max_columns), lambda **kw: plt.figure(**kw), title=None)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=_DPI)
+        figure.savefig(path, dpi=DPI)
     return figure
 
 
-def find_map_folder(run_dir: str | os.PathLike[str]) -> Path | None:
-    """``run_dir`` itself or its ``embedding_maps`` folder, whichever holds map files; else ``None``."""
-    for folder in (Path(run_dir), Path(run_dir) / FOLDER):
-        if folder.is_dir() and any(folder.glob(f"{_PREFIX}*.npz")):
-            return folder
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Records: one probing's 2-D points, as drawn and as stored
-
-
-@dataclass
-class _Record:
-    meta: dict[str, Any]
-    coords: dict[str, np.ndarray]  # source → (n, 2)
-    labels: np.ndarray  # (n, tasks)
-
-
-def read_records(folder: Path) -> list[Any]:
-    """The probings stored in ``folder``, in the order they ran (unreadable files are skipped)."""
-    records = []
-    for file in folder.glob(f"{_PREFIX}*.npz"):
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                coords = {s: data[f"coords_{i}"] for i, s in enumerate(meta["sources"])}
-                records.append(_Record(meta, coords, data["labels"]))
-        except (OSError, ValueError, KeyError) as err:
-            warn(f"Embedding maps: skipped {file} ({type(err).__name__}: {err}).")
-    return sorted(records, key=lambda r: (r.meta["run"], r.meta["epoch"] or 0))
-
-
-def _select(records: list[_Record], max_columns: int) -> list[_Record]:
-    if len(records) <= max_columns:
-        return records
-    keep = np.unique(np.linspace(0, len(records) - 1, max_columns).round().astype(int))
-    return [records[i] for i in keep]
-
-
-# --------------------------------------------------------------------------------------------------
-# Drawing
-
-
-_METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
-
-
-def _new_figure(**kwargs: Any) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
-
-def _draw_records(
-    records: list[_Record], make: Callable[..., Figure], *, title: str | None, panel: float = _SUMMARY_PANEL
-) -> Figure:
-    """Draw probings' maps in one figure.
-
-    One probing: rows = sources, columns = tasks. Several probings of one (source, task): a grid of
-    probings, ``_WRAP`` per row. Otherwise: rows = (source, task), columns = probings.
-    """
-    last = records[-1]
-    tasks, sources = last.meta["tasks"], last.meta["sources"]
-    panels = [(s, t) for s in sources for t in range(len(tasks))]
-    wrapped = len(records) > 1 and len(panels) == 1
-    if len(records) == 1:
-        shape = (len(sources), len(tasks))
-    elif wrapped:
-        shape = (-(-len(records) // _WRAP), min(_WRAP, len(records)))
-    else:
-        shape = (len(panels), len(records))
-    figure = make(figsize=(panel * shape[1] + 1.6, panel * shape[0] + 0.5), layout="constrained")
-    grid = figure.subplots(*shape, squeeze=False)
-    for row, (source, t) in enumerate(panels):
-        task, name = tasks[t], f"{source or 'output'} · {tasks[t]['name']}"
-        found = [(c, r) for c, r in enumerate(records) if source in r.coords and t < r.labels.shape[1]]
-        if not found:
-            continue
-        values = np.concatenate([r.labels[:, t] for _, r in found])
-        classes = np.unique(values)
-        categorical = task["categorical"] and len(classes) <= _MAX_CATEGORIES
-        drawn = []
-        for c, record in found:
-            ax = grid[divmod(row, len(tasks))] if len(records) == 1 else grid[divmod(c, _WRAP) if wrapped else (row, c)]
-            colour = _scatter(ax, record.coords[source], record.labels[:, t], classes, categorical, values)
-            drawn.append(ax)
-            if len(records) == 1:
-                ax.set_title(name, fontsize="medium")
-                ax.set_xlabel(record.meta["axes"][source][0], fontsize="small")
-                ax.set_ylabel(record.meta["axes"][source][1], fontsize="small")
-            else:
-                ax.set_title(record.meta["when"] if row == 0 else "", fontsize="medium")
-                if c == 0 and not wrapped:
-                    ax.set_ylabel(name, fontsize="medium")
-        if categorical:
-            handles = [
-                drawn[-1].scatter([], [], s=25, color=colour(k), label=_label_text(v, True))
-                for k, v in enumerate(classes)
-            ]
-            style = {"title": task["name"], "fontsize": "x-small", "title_fontsize": "small", "frameon": False}
-            if wrapped:
-                figure.legend(handles=handles, loc="outside right center", **style)
-            else:
-                drawn[-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), **style)
-        else:
-            figure.colorbar(colour, ax=list(grid.flat) if wrapped else drawn[-1], label=task["name"], shrink=0.9)
-    for ax in grid.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if not ax.collections:
-            ax.set_axis_off()
-    if title is None:
-        method = _METHOD_NAMES.get(last.meta["method"], last.meta["method"])
-        what = f": {panels[0][0] or 'output'} · {tasks[0]['name']}" if wrapped else ""
-        title = f"Embedding maps over probings ({method}{what})"
-    figure.suptitle(title, fontsize="large")
-    return figure
-
-
-def _scatter(
-    ax: Axes, coords: np.ndarray, labels: np.ndarray, classes: np.ndarray, categorical: bool, values: np.ndarray
-) -> Any:
-    """Draw one panel; returns the class → colour function (categorical) or the mappable (continuous)."""
-    from matplotlib import colormaps
-
-    size = float(np.clip(6000 / max(len(coords), 1), 2, 30))
-    if categorical:
-        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-        codes = np.searchsorted(classes, labels)
-        ax.scatter(coords[:, 0], coords[:, 1], c=cmap(codes), s=size, linewidths=0, alpha=0.8)
-        return cmap
-    return ax.scatter(
-        coords[:, 0],
-        coords[:, 1],
-        c=labels,
-        cmap="viridis",
-        vmin=float(np.min(values)),
-        vmax=float(np.max(values)),
-        s=size,
-        linewidths=0,
-        alpha=0.8,
-    )
-
-
-def _label_text(value: float, categorical: bool) -> str:
-    return str(int(value)) if categorical and float(value).is_integer() else f"{value:.6g}"
+def find_map_folders(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The folders of map files in ``run_dir``: itself if it holds some, else its ``embedding_maps*`` folders."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    if any(root.glob(f"{FILE_PREFIX}*.npz")):
+        return [root]
+    return sorted(f for f in root.glob(f"{FOLDER}*") if f.is_dir() and any(f.glob(f"{FILE_PREFIX}*.npz")))
 
 
 def _tag(prefix: str | None, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
-
-
-def _rgb(figure: Figure) -> np.ndarray:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _atomic(path: Path, write: Callable[[Any], None]) -> None:

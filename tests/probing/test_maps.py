@@ -209,7 +209,7 @@ def test_tensorboard_image_and_projector(tmp_path: Path) -> None:
     s.maybe_run(2, step=14, loggers=[csv, tb])
     tb.finalize("success")
     log_dir = Path(tb.log_dir)
-    maps = log_dir / "embedding_maps"  # the first logger's log_dir (the CSV logger's: the same folder)
+    maps = log_dir / "embedding_maps_probe"  # in the first logger's log_dir (the CSV logger's: the same folder)
     assert (maps / "embedding_map_epoch002.png").is_file() and (maps / "embedding_maps.png").is_file()
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0})
     events.Reload()
@@ -260,13 +260,24 @@ def test_summary_shows_first_last_and_evenly_spaced_probings(tmp_path: Path) -> 
         plot_embedding_maps(tmp_path / "nothing")
 
 
-def test_fabricmetrics_plot_draws_the_summary(tmp_path: Path) -> None:
+def test_fabricmetrics_plot_draws_the_summary_of_each_scheduler(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     csv = CSVLogger(tmp_path, name="run", version=0)
     csv.log_metrics({"acc/val": 0.5}, step=1)
     csv.finalize("success")
-    scheduler(True).maybe_run(1, loggers=[csv])
+    for prefix in (None, "layers"):  # two schedulers keep their maps apart
+        scheduler(True, prefix=prefix).maybe_run(1, loggers=[csv])
+    version = tmp_path / "run" / "version_0"
+    assert sorted(p.name for p in version.glob("embedding_maps*")) == ["embedding_maps", "embedding_maps_layers"]
     assert cli_main(["plot", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run" / "embedding_maps.png").is_file()  # next to metrics.png
+    printed = capsys.readouterr().out
+    for suffix in ("", "_layers"):  # next to metrics.png
+        assert (tmp_path / "run" / f"embedding_maps{suffix}.png").is_file()
+        assert (
+            f"{version / f'embedding_maps{suffix}'}; wrote {tmp_path / 'run' / f'embedding_maps{suffix}.png'}"
+            in printed
+        )
+    with pytest.raises(LogDirectoryError, match=r"several schedulers: \['embedding_maps', 'embedding_maps_layers'\]"):
+        plot_embedding_maps(version)
 
 
 def test_maps_configuration_errors() -> None:
