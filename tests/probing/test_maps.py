@@ -293,6 +293,19 @@ def test_maps_configuration_errors() -> None:
     assert scheduler("tsne").maps.method == "tsne"
 
 
+def test_cross_validated_probing_maps_the_train_embeddings(tmp_path: Path) -> None:
+    train, _ = digits()
+    s = ProbingScheduler(
+        encoder(), DataLoader(train, batch_size=64), None, probe=LogisticRegression(max_iter=300), cv=3, maps=True
+    )
+    s.run(loggers=[CSVLogger(tmp_path, name="run", version=0)])
+    rec = record(tmp_path / "run" / "version_0" / "embedding_maps")
+    np.testing.assert_array_equal(rec["labels"][:, 0], train.tensors[1].numpy())
+    with torch.no_grad():
+        z = encoder()(train.tensors[0]).numpy()
+    same_up_to_sign(rec["coords"][""], PCA(2, svd_solver="full").fit_transform(z))
+
+
 def test_tsne_maps_through_the_scheduler(tmp_path: Path) -> None:
     s = scheduler(EmbeddingMaps("tsne", out=tmp_path, max_points=30))
     s.run()
