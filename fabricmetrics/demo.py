@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -190,8 +191,16 @@ def run_demo(
     out = Path(out)
     torch.manual_seed(0)
     train_ds, val_ds = digits_datasets()
-    supervised = _supervised(out, train_ds, val_ds, epochs, progress, loggers)
-    ssl = _self_supervised(out, train_ds, val_ds, epochs, progress, loggers)
+    # Models this small run fastest on one thread; several thread pools (torch, BLAS, OpenMP) on a few
+    # shared cores spin and wait, which took the demo from 25 s to 120 s of CPU time on a loaded machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            supervised = _supervised(out, train_ds, val_ds, epochs, progress, loggers)
+            ssl = _self_supervised(out, train_ds, val_ds, epochs, progress, loggers)
+    finally:
+        torch.set_num_threads(threads)
     pngs = [out / "supervised.png", out / "ssl.png"]
     supervised.history.plot(title="Supervised CNN on digits", path=pngs[0])
     ssl.history.plot(title="SimCLR-style encoder on digits: SSL metrics and linear probe", path=pngs[1])
