@@ -219,8 +219,7 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
             "Train a small CNN on scikit-learn's digits (accuracy, F1, precision, recall), then a "
             "SimCLR-style encoder (alignment, uniformity, contrastive accuracy, and a linear probe every "
             "epoch). Writes TensorBoard and CSV logs and PNGs of the curves under --out, and prints where. "
-            "Offline, on the CPU: about 20 s on an idle 2-core machine (30 s of CPU time; longer when other "
-            "jobs share the cores)."
+            "Offline, on one CPU core: about 25 s on an idle machine (longer when other jobs share the cores)."
         ),
         formatter_class=_HelpFormatter,
     )

@@ -9,9 +9,8 @@ reuse them; :func:`run_demo` is what the command runs:
    alignment, uniformity and contrastive accuracy, with a logistic-regression probe of the
    encoder's embedding after every epoch.
 
-Everything runs offline on a CPU: about 20 s on an idle 2-core machine (about 30 s of CPU time,
-so several times longer when other jobs share the cores). Logs (TensorBoard + CSV) and PNGs of the
-curves are written under the output directory.
+Everything runs offline on one CPU core: about 25 s (of CPU time, so longer when other jobs share
+the cores). Logs (TensorBoard + CSV) and PNGs of the curves are written under the output directory.
 """
 
 from __future__ import annotations
@@ -180,7 +179,7 @@ def run_demo(
 
     Args:
         out: output directory (created).
-        epochs: epochs of each part (10 take about 20 s on 2 idle CPU cores; 1 for a smoke test).
+        epochs: epochs of each part (10 take about 25 s on an idle CPU core; 1 for a smoke test).
         progress: show the live progress display.
         loggers: where to log: TensorBoard and CSV files under ``out/<part>/version_0``, and/or an
             MLflow database ``out/mlflow.db`` (one run per part; needs ``fabricmetrics[mlflow]``).
