@@ -23,6 +23,7 @@ import torch
 from torchmetrics import Metric
 
 from fabricmetrics import _tm
+from fabricmetrics._coalesce import Coalescer, eligible
 from fabricmetrics._values import flatten_value, to_numpy
 from fabricmetrics.distributed import Collectives
 from fabricmetrics.exceptions import ConfigurationError, MetricError, OutputsError
@@ -283,6 +284,15 @@ class TorchmetricBound(Bound):
         _tm.detach_auto_sync(self.metric, _never_distributed)
         self.leader: TorchmetricBound | None = None
         self._sync_error: BaseException | None = None
+        # A metric whose updates add up exactly (see fabricmetrics._coalesce) buffers its steps and runs one
+        # update per flush; its logged batch values come from a scratch clone, updated once per step for a
+        # leader and its followers.
+        self._coalescer = Coalescer([self.metric]) if eligible(self.metric) else None
+        self._flush_error: BaseException | None = None
+        self._batch: Metric | None = None
+        self._batch_inputs: tuple[Any, ...] = ()
+        # the synced state and update count, kept for the followers: compute() unsyncs the metric itself
+        self._reduced: tuple[dict[str, Any], int] | None = None
         self._description: str | None = None
 
     def describe(self) -> str:
@@ -300,15 +310,56 @@ class TorchmetricBound(Bound):
         return self._description
 
     def step(self, args: list[Any], kwargs: dict[str, Any], n: int, *, log_step: bool, accumulate: bool) -> Any:
-        """Update the state: ``forward`` on a logged step (its batch value), else ``update`` (leaders only)."""
-        if log_step:
-            return self.metric(*args, **kwargs)
-        if self.leader is None:
-            self.metric.update(*args, **kwargs)
-        return None
+        """Update the state: ``forward`` on a logged step (its batch value), else ``update`` (leaders only).
+
+        A coalesced leader buffers the step instead (logged or not, when the epoch accumulates), and a
+        coalesced metric's logged value is its value on the batch alone, as ``forward`` returns it.
+        """
+        if self._coalescer is None:
+            if log_step:
+                return self.metric(*args, **kwargs)
+            if self.leader is None:
+                self.metric.update(*args, **kwargs)
+            return None
+        if self.leader is None and accumulate:
+            self._coalescer.update(args, kwargs)
+        return self._batch_value(args, kwargs) if log_step else None
+
+    def _batch_value(self, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """The metric's value on this batch alone, computed on a scratch clone.
+
+        A follower takes the batch state that its leader computed on this same step (the same
+        argument objects) instead of updating again.
+        """
+        if self._batch is None:
+            self._batch = self.metric.clone()
+            _tm.detach_auto_sync(self._batch, _never_distributed)
+        inputs = (*args, *kwargs.values())
+        leader = self.leader
+        if (
+            leader is not None
+            and leader._batch is not None
+            and len(leader._batch_inputs) == len(inputs)
+            and all(a is b for a, b in zip(leader._batch_inputs, inputs, strict=True))
+        ):
+            _tm.set_state(self._batch, _tm.state(leader._batch), 1)
+        else:
+            self._batch.reset()
+            self._batch.update(*args, **kwargs)
+            self._batch_inputs = inputs  # kept until the next logged step: no other tensor can take their ids
+        return self._batch.compute()
+
+    def flush(self) -> None:
+        """Run the buffered updates, so that the state holds every step (see :mod:`fabricmetrics._coalesce`)."""
+        if self._coalescer is not None:
+            self._coalescer.flush()
 
     def summary(self) -> Any:
-        """The name of the leader whose update serves this metric, or ``None``."""
+        """The name of the leader whose update serves this metric, or ``None`` (buffered updates run first)."""
+        try:
+            self.flush()
+        except Exception as err:  # raised by value() on every rank, after the same collectives as the others'
+            self._flush_error = err
         return None if self.leader is None else self.leader.name
 
     def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:
@@ -319,32 +370,42 @@ class TorchmetricBound(Bound):
             self.metric.sync(
                 dist_sync_fn=reduction.collectives.torchmetrics_sync_fn, should_sync=True, distributed_available=_always
             )
+            self._reduced = (_tm.state(self.metric), _tm.update_count(self.metric))
         except Exception as err:
             self._sync_error = err
 
     def value(self, reduction: Reduction) -> list[tuple[str, Any]]:
         """``compute()`` on the synced state (a follower first adopts its leader's)."""
         source = self.leader or self
+        if source._flush_error is not None:
+            raise MetricError(f"updating `{source.name}` with its buffered steps failed") from source._flush_error
         if source._sync_error is not None:
             raise MetricError(f"synchronising `{source.name}` failed") from source._sync_error
-        if self.leader is not None:
-            _tm.set_state(self.metric, _tm.state(self.leader.metric), _tm.update_count(self.leader.metric))
+        if self.leader is not None:  # (the leader's buffered steps ran in summary(), before any sync)
+            reduced = self.leader._reduced or (_tm.state(self.leader.metric), _tm.update_count(self.leader.metric))
+            _tm.set_state(self.metric, *reduced)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
             return flatten_value(self.name, self.metric.compute())
 
     def release(self) -> None:
         """Restore the local state after a sync."""
-        self._sync_error = None
+        self._sync_error = self._flush_error = None
+        self._reduced = None
         if _tm.is_synced(self.metric):
             self.metric.unsync()
 
     def reset(self) -> None:
-        """Reset the torchmetrics state."""
+        """Reset the torchmetrics state (and forget the buffered steps)."""
+        if self._coalescer is not None:
+            self._coalescer.discard()
+        self._batch_inputs = ()
+        self._flush_error = None
         self.metric.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        """Every state of the metric (also the non-persistent ones) and its update count."""
+        """Every state of the metric (also the non-persistent ones) and its update count (buffered steps included)."""
+        self.flush()
         states = {key: _detach(value) for key, value in _tm.state(self.metric).items()}
         return {"states": states, "update_count": _tm.update_count(self.metric)}
 
@@ -363,6 +424,8 @@ class TorchmetricBound(Bound):
         """Restore :meth:`state_dict` onto the metric's device."""
         device = self.metric.device
         states = {key: _to_device(value, device) for key, value in state["states"].items()}
+        if self._coalescer is not None:
+            self._coalescer.discard()
         _tm.set_state(self.metric, states, int(state["update_count"]))
 
 

@@ -32,8 +32,9 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanSquaredError
 
-from fabricmetrics import _tm
+from fabricmetrics import MetricsTracker, Schedule, _tm
 from fabricmetrics._coalesce import Coalescer, eligible
+from tests._distributed import run_on_ranks
 
 SIZES = [7, 7, 7, 7, 7, 3, 7, 7, 1, 7, 7, 5]  # uneven, with a short step in the middle (flushes mid-run)
 C = 4
@@ -335,3 +336,152 @@ def test_buffering_and_flushing_make_no_host_copies(monkeypatch):
         coalescer.update([preds, target], {})
     coalescer.flush()
     assert sum(counts.values()) == 0, dict(counts)
+
+
+# --------------------------------------------------------------------------------------------------
+# in the tracker
+
+ML = 3
+
+
+def tracker_metrics() -> dict[str, Metric]:
+    return {
+        "acc": MulticlassAccuracy(C, average="micro"),
+        "f1": MulticlassF1Score(C),
+        "precision": MulticlassPrecision(C),  # shares the update of `f1`
+        "jaccard": MulticlassJaccardIndex(C),  # a confusion-matrix update
+        "ml": MultilabelF1Score(ML),
+        "mse": MeanSquaredError(),  # not coalesced: float sums
+    }
+
+
+NEEDS = {"ml": {"preds": "ml_preds", "target": "ml_target"}, "mse": ["mse_preds", "mse_target"]}
+
+
+def tracker_batches(steps: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for i in range(steps):
+        n = 4 if i == steps - 1 else 6
+        preds, target = multiclass_logits(g, n)
+        ml_preds, ml_target = multilabel_labels(g, n)
+        batches.append(
+            {
+                "preds": preds,
+                "target": target,
+                "ml_preds": ml_preds,
+                "ml_target": ml_target,
+                "mse_preds": torch.randn(n, generator=g),
+                "mse_target": torch.randn(n, generator=g),
+            }
+        )
+    return batches
+
+
+def reference_args(name: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "ml":
+        return batch["ml_preds"], batch["ml_target"]
+    if name == "mse":
+        return batch["mse_preds"], batch["mse_target"]
+    return batch["preds"], batch["target"]
+
+
+class Reference:
+    """The tracker's metrics updated one step at a time, ``forward`` on the logged steps."""
+
+    def __init__(self) -> None:
+        self.metrics = tracker_metrics()
+        self.step_values: dict[str, list[float]] = {name: [] for name in self.metrics}
+
+    def step(self, batch: dict[str, torch.Tensor], logged: bool) -> None:
+        for name, metric in self.metrics.items():
+            args = reference_args(name, batch)
+            if logged:
+                self.step_values[name].append(metric(*args).flatten().tolist())
+            else:
+                metric.update(*args)
+
+    def values(self) -> dict[str, list[float]]:
+        return {name: m.compute().flatten().tolist() for name, m in self.metrics.items()}
+
+
+def epoch_values(results: dict[str, float]) -> dict[str, list[float]]:
+    return {key.rsplit("/", 1)[0]: [value] for key, value in results.items()}
+
+
+def leader_states(state: dict) -> dict[str, dict]:
+    return {n: b for n, b in state["stages"]["train"]["epoch"]["bounds"].items() if n != "precision"}
+
+
+def states_equal(saved: dict[str, dict], reference: Reference) -> bool:
+    """Whether the checkpoint's states equal the reference's, bit for bit, with the same update counts."""
+    for name, bound_state in saved.items():
+        expected = reference.metrics[name]
+        if bound_state["update_count"] != expected.update_count:
+            return False
+        for key, value in _tm.state(expected).items():
+            mine = bound_state["states"][key]
+            if mine.dtype != value.dtype or not torch.equal(mine, value):
+                return False
+    return True
+
+
+def test_tracker_values_and_checkpoint_equal_per_step_updates():
+    schedule = {"train": Schedule(every_n_steps=5)}
+    batches = tracker_batches(23, seed=9)
+    reference = Reference()
+    tracker = MetricsTracker(tracker_metrics(), NEEDS, schedule=schedule)
+    with tracker.epoch("train"):
+        for i, batch in enumerate(batches[:12], start=1):
+            tracker.step("train", batch)
+            reference.step(batch, logged=i % 5 == 0)
+        bounds = tracker._stages["train"].bounds
+        assert bounds["acc"]._coalescer.pending > 0 and bounds["mse"]._coalescer is None  # steps are buffered
+        state = tracker.state_dict()  # between two flushes
+        assert states_equal(leader_states(state), reference)
+        resumed = MetricsTracker(tracker_metrics(), NEEDS, schedule=schedule)
+        resumed.load_state_dict(state)
+        for batch in batches[12:]:
+            tracker.step("train", batch)
+    with resumed.epoch("train") as epoch:
+        for i, batch in enumerate(batches[12:], start=13):
+            resumed.step("train", batch)
+            reference.step(batch, logged=i % 5 == 0)
+    expected = reference.values()
+    assert epoch_values(epoch.results) == expected
+    for name in reference.metrics:
+        logged = [v for _, v in tracker.history[f"{name}/train_step"]]
+        assert logged == [v for values in reference.step_values[name] for v in values], name
+        assert [v for _, v in resumed.history[f"{name}/train_step"]] == logged, name
+    assert tracker.history["acc/train"][-1][1] == expected["acc"][0]
+
+
+def two_rank_worker(rank: int, world: int) -> tuple[dict[str, float], bool, int, bool]:
+    batches = tracker_batches(17, seed=11)[rank::world]
+    tracker = MetricsTracker(tracker_metrics(), NEEDS, schedule={"train": Schedule(every_n_steps=3)})
+    local = Reference()
+    logged: dict[str, list[float]] = {name: [] for name in local.metrics}
+    with tracker.epoch("train") as epoch:
+        for i, batch in enumerate(batches, start=1):
+            for key, value in tracker.step("train", batch).items():
+                logged[key.split("/")[0]].append(float(value))
+            local.step(batch, logged=i % 3 == 0)
+            if i == 4:
+                pending = tracker._stages["train"].bounds["acc"]._coalescer.pending
+                checkpoint_ok = states_equal(leader_states(tracker.state_dict()), local)
+    steps_ok = all(logged[name] == [v for vs in local.step_values[name] for v in vs] for name in local.metrics)
+    return epoch.results, checkpoint_ok, pending, steps_ok
+
+
+@pytest.mark.distributed
+def test_two_ranks_equal_per_step_updates_of_all_batches(tmp_path):
+    out = run_on_ranks(two_rank_worker, tmp_path)
+    reference = Reference()
+    for batch in tracker_batches(17, seed=11):
+        reference.step(batch, logged=False)
+    expected = reference.values()
+    for results, checkpoint_ok, pending, steps_ok in out:
+        assert pending > 0 and checkpoint_ok and steps_ok
+        values, exact = epoch_values(results), dict(expected)
+        torch.testing.assert_close(values.pop("mse"), exact.pop("mse"))  # a float sum: order matters
+        assert values == exact  # integer states: exact across ranks (`precision` follows `f1`'s update)
