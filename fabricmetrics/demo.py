@@ -7,7 +7,7 @@ reuse them; :func:`run_demo` is what the command runs:
    few steps and per epoch, validation per epoch);
 2. a SimCLR-style encoder trained with InfoNCE on two augmented views of each digit, tracking
    alignment, uniformity and contrastive accuracy, with a logistic-regression probe of the
-   encoder's embedding after every epoch.
+   encoder's embedding after every epoch and a t-SNE map of it (the digits' clusters forming).
 
 Everything runs offline on one CPU core: about 25 s (of CPU time, so longer when other jobs share
 the cores). Logs (TensorBoard + CSV) and PNGs of the curves are written under the output directory.
@@ -203,6 +203,8 @@ def run_demo(
     pngs = [out / "supervised.png", out / "ssl.png"]
     supervised.history.plot(title="Supervised CNN on digits", path=pngs[0])
     ssl.history.plot(title="SimCLR-style encoder on digits: SSL metrics and linear probe", path=pngs[1])
+    maps = Path(ssl.loggers[0].log_dir or out) / "embedding_maps" / "embedding_maps.png"  # drawn by the probing
+    pngs += [maps] if maps.is_file() else []
     log_dirs = [Path(lg.log_dir) for lg in (*supervised.loggers, *ssl.loggers) if lg.log_dir and lg.root_dir]
     final = {
         "supervised": {k: supervised.history.last(k) for k in supervised.history},
@@ -283,6 +285,7 @@ def _self_supervised(
         DataLoader(val_ds, batch_size=256),
         probe=LogisticRegression(max_iter=300),
         embed_fn=model.embed,
+        maps="tsne",  # a t-SNE map of the embeddings after each probing, and TensorBoard's projector
     )
     tracker = MetricsTracker(
         {"alignment": alignment_score, "uniformity": uniformity_score, "contrastive_acc": contrastive_accuracy_score},
