@@ -138,8 +138,15 @@ def test_maps_do_not_change_the_scores_and_are_deterministic(tmp_path: Path) -> 
 
 def test_multitask_layer_maps(tmp_path: Path) -> None:
     s = scheduler(EmbeddingMaps(out=tmp_path), ink=True, layers=["0", "2"], prefix="p")
-    s.run()
+    tb = TensorBoardLogger(tmp_path / "tb", name="run", version=0)
+    s.run(step=5, loggers=[tb])
     rec = record(tmp_path)
+    for layer in ("0", "2"):  # the projector: one embedding per layer, both tasks as metadata columns
+        assert f'tensor_name: "p/{layer}:00005"' in (Path(tb.log_dir) / "projector_config.pbtxt").read_text()
+    (metadata,) = Path(tb.log_dir).glob("00005/*0/metadata.tsv")
+    rows = [line.split("\t") for line in metadata.read_text().splitlines()]
+    assert rows[0] == ["task0", "task1"] and len(rows) == N_TEST + 1
+    assert rows[1] == [str(int(rec["labels"][0, 0])), f"{rec['labels'][0, 1]:.6g}"]
     assert rec["meta"]["sources"] == ["0", "2"]
     assert rec["meta"]["tasks"] == [
         {"name": "task0", "column": 0, "categorical": True},
