@@ -21,11 +21,17 @@ Every timed call starts after a pause of ``PAUSE_S``, so that the thread pool of
 contender (OpenBLAS's for scikit-learn, OpenMP's for torch) has stopped spinning: without it, the
 call that follows scikit-learn runs up to 3x slower on 2 cores, whichever library it is.
 
+The Euclidean and cosine ``KNNProbe`` do the same matrix product; the table gives the median over
+rounds of their per-round time ratio, which a busy machine disturbs less than the times themselves.
+The probes are timed on non-centred embeddings too (``--offset``, added to every feature), where
+they must give the same results (they compute on centred rows).
+
 Usage::
 
     python benchmarks/probes.py            # N in {10k, 50k}, D in {64, 512}, 3 repeats
     python benchmarks/probes.py --quick    # a small smoke run
     python benchmarks/probes.py --regimes realistic --sizes 50000x512
+    python benchmarks/probes.py --sizes 50000x512 --regimes realistic --probes-only --repeats 5
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -89,9 +96,10 @@ def linear_pass(X: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> No
 class Config:
     """One (regime, N, D) configuration: its data, its contenders, and their best times so far."""
 
-    def __init__(self, regime: str, n: int, d: int) -> None:
+    def __init__(self, regime: str, n: int, d: int, offset: float = 0.0, probes_only: bool = False) -> None:
         self.regime, self.n, self.d = regime, n, d
         X, y = make_embeddings(regime, n, d)
+        X += np.float32(offset)
         n_train = int(0.8 * n)
         self.X_train, self.y_train, self.X_test, self.y_test = X[:n_train], y[:n_train], X[n_train:], y[n_train:]
         train_t, test_t = torch.from_numpy(self.X_train), torch.from_numpy(self.X_test)
@@ -109,7 +117,11 @@ class Config:
             "knn floor": lambda: knn_floor(unit_train, unit_test, block),
             "linear pass": lambda: linear_pass(train_t, weight, grad),
         }
+        if probes_only:
+            for name in ("LogisticRegression", "KNeighborsClassifier"):
+                del self.contenders[name]
         self.times = dict.fromkeys(self.contenders, float("inf"))
+        self.rounds: dict[str, list[float]] = {name: [] for name in self.contenders}
         self.results: dict[str, Any] = {}
 
     def fit_predict(self, model: Any) -> tuple[Any, float]:
@@ -122,29 +134,38 @@ class Config:
         for name, fn in self.contenders.items():
             elapsed, self.results[name] = best_time(fn, 5 if name == "linear pass" else 1)
             self.times[name] = min(self.times[name], elapsed)
+            self.rounds[name].append(elapsed)
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of ``name``'s time divided by ``reference``'s in the same round."""
+        return statistics.median(a / b for a, b in zip(self.rounds[name], self.rounds[reference], strict=True))
 
     def rows(self) -> list[dict[str, Any]]:
         """Table rows: times, accuracies, speed-ups over scikit-learn, floors."""
         times, results = self.times, self.results
-        lr, lr_acc = results["LogisticRegression"]
         probe, probe_acc = results["LinearProbe"]
+        euclidean_ratio = self.ratio("KNNProbe euclidean", "KNNProbe")
         rows = [
-            {"probe": "LogisticRegression", "time": times["LogisticRegression"], "acc": lr_acc,
-             "note": f"{int(lr.n_iter_[0])} iterations"},
             {"probe": "LinearProbe", "time": times["LinearProbe"], "acc": probe_acc,
-             "speedup": times["LogisticRegression"] / times["LinearProbe"],
              "floor": probe.n_evals_ * times["linear pass"],
              "note": f"{probe.n_iter_} iterations, {probe.n_evals_} passes of {1e3 * times['linear pass']:.1f} ms"},
-            {"probe": "KNeighborsClassifier", "time": times["KNeighborsClassifier"],
-             "acc": results["KNeighborsClassifier"][1], "note": "euclidean, uniform votes"},
             {"probe": "KNNProbe", "time": times["KNNProbe"], "acc": results["KNNProbe"][1],
-             "speedup": times["KNeighborsClassifier"] / times["KNNProbe"], "floor": times["knn floor"],
-             "note": f"cosine, T=0.07, chunks of {self.chunk} queries"},
+             "floor": times["knn floor"], "note": f"cosine, T=0.07, chunks of {self.chunk} queries"},
             {"probe": "KNNProbe euclidean", "time": times["KNNProbe euclidean"],
-             "acc": results["KNNProbe euclidean"][1],
-             "speedup": times["KNeighborsClassifier"] / times["KNNProbe euclidean"], "floor": times["knn floor"],
-             "note": "euclidean, uniform votes"},
+             "acc": results["KNNProbe euclidean"][1], "floor": times["knn floor"],
+             "note": f"euclidean, uniform votes; {euclidean_ratio:.2f}x the cosine probe (median of rounds)"},
         ]  # fmt: skip
+        if "LogisticRegression" in results:
+            lr, lr_acc = results["LogisticRegression"]
+            rows[0]["speedup"] = times["LogisticRegression"] / times["LinearProbe"]
+            rows.insert(0, {"probe": "LogisticRegression", "time": times["LogisticRegression"], "acc": lr_acc,
+                            "note": f"{int(lr.n_iter_[0])} iterations"})  # fmt: skip
+        if "KNeighborsClassifier" in results:
+            for row in rows[-2:]:
+                row["speedup"] = times["KNeighborsClassifier"] / row["time"]
+            knc_acc = results["KNeighborsClassifier"][1]
+            rows.insert(-2, {"probe": "KNeighborsClassifier", "time": times["KNeighborsClassifier"], "acc": knc_acc,
+                             "note": "euclidean, uniform votes"})  # fmt: skip
         return [{"regime": self.regime, "n": self.n, "d": self.d, **row} for row in rows]
 
 
@@ -164,6 +185,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per contender; the best counts")
     parser.add_argument("--regimes", nargs="+", default=["easy", "realistic"], choices=["easy", "realistic"])
     parser.add_argument("--sizes", nargs="+", default=None, help="N x D pairs such as 50000x512")
+    parser.add_argument("--offset", type=float, default=0.0, help="added to every feature (non-centred data)")
+    parser.add_argument("--probes-only", action="store_true", help="leave scikit-learn out (probes and floors)")
     args = parser.parse_args()
     sizes = [(n, d) for n in (10_000, 50_000) for d in (64, 512)]
     if args.sizes:
@@ -173,9 +196,10 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), numpy {np.__version__}, load average {os.getloadavg()[0]:.2f}"
+        f"({torch.get_num_threads()} threads), numpy {np.__version__}, load average {os.getloadavg()[0]:.2f}, "
+        f"offset {args.offset:g}"
     )
-    configs = [Config(regime, n, d) for regime in args.regimes for n, d in sizes]
+    configs = [Config(regime, n, d, args.offset, args.probes_only) for regime in args.regimes for n, d in sizes]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scikit-learn's ConvergenceWarning at max_iter=200 is expected
         for _ in range(repeats):  # every configuration once per round: a disturbance does not hit one alone

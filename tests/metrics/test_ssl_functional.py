@@ -12,6 +12,7 @@ from _metrics_reference import (
     ref_alignment,
     ref_contrastive_accuracy,
     ref_effective_rank,
+    ref_normalize,
     ref_uniformity,
 )
 
@@ -328,3 +329,52 @@ def test_block_options_are_checked() -> None:
         uniformity_score(np.ones((3, 2)), chunk_size=0)
     with pytest.raises(InputError, match="`memory_budget_bytes` must be an integer >= 1, got 0"):
         contrastive_accuracy_score(np.ones((3, 2)), np.ones((3, 2)), memory_budget_bytes=0)
+
+
+# --------------------------------------------------------------------------- float32 far from the origin
+
+OFFSETS = [0.0, 100.0, 1000.0]
+
+
+def shifted_views(offset: float, n: int = 500, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 views whose rows share an offset: embeddings are rarely centred."""
+    rng = np.random.default_rng(seed)
+    z1 = offset + rng.standard_normal((n, d))
+    return z1.astype(np.float32), (z1 + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def pdist_uniformity(z: np.ndarray, normalize: bool, t: float = 2.0) -> float:
+    """scipy's float64 pairwise distances of the same float32 values."""
+    from scipy.spatial.distance import pdist
+
+    return float(np.log(np.mean(np.exp(-t * pdist(ref_normalize(z, normalize), "sqeuclidean")))))
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("chunk_size", [None, 64])
+def test_float32_uniformity_far_from_the_origin(offset: float, chunk_size: int | None) -> None:
+    z, _ = shifted_views(offset)
+    raw = float(uniformity_score(torch.from_numpy(z), normalize=False, chunk_size=chunk_size))
+    assert raw == pytest.approx(pdist_uniformity(z, normalize=False), rel=1e-6)
+    # Normalised rows of shifted data crowd around one direction: a uniformity of about -4e-6 at
+    # offset 1000, right to float32's absolute accuracy of values near 0.
+    unit = float(uniformity_score(torch.from_numpy(z), normalize=True, chunk_size=chunk_size))
+    assert unit == pytest.approx(pdist_uniformity(z, normalize=True), rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_float32_contrastive_accuracy_far_from_the_origin(offset: float, normalize: bool) -> None:
+    z1, z2 = shifted_views(offset, seed=1)
+    for topk in (1, 5):
+        expected = ref_contrastive_accuracy(z1, z2, normalize=normalize, topk=topk)
+        for chunk_size in (None, 37):
+            got = contrastive_accuracy_score(z1, z2, normalize=normalize, topk=topk, chunk_size=chunk_size)
+            assert round(float(got) * 2 * len(z1)) == round(expected * 2 * len(z1))  # the same hits
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_float32_effective_rank_far_from_the_origin(offset: float) -> None:
+    # The SVD of the raw rows is backward stable: no centring needed (and RankMe is defined uncentred).
+    z, _ = shifted_views(offset)
+    assert float(effective_rank(z)) == pytest.approx(ref_effective_rank(z), rel=1e-5)

@@ -59,6 +59,24 @@ def test_standardized_matches_scaler_pipeline(precondition: bool) -> None:
     np.testing.assert_allclose(probe.scale_, X.std(axis=0))
 
 
+@pytest.mark.parametrize("C", [0.05, 1.0])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_two_classes_match_logistic_regression_at_the_same_C(C: float, standardize: bool) -> None:
+    # scikit-learn fits one binomial vector w for two classes; the probe's rows are -w/2 and w/2.
+    X, y = _classification(k=2)
+    model = LogisticRegression(C=C, tol=1e-12, max_iter=10_000, solver="newton-cholesky")
+    scaler = StandardScaler().fit(X)
+    ref = model.fit(scaler.transform(X) if standardize else X, y)
+    features = scaler.transform(X) if standardize else X
+    probe = LinearProbe(C=C, standardize=standardize, **TIGHT).fit(X, y)
+    np.testing.assert_allclose(probe.predict_proba(X), ref.predict_proba(features), atol=1e-7)
+    logits = probe.decision_function(X)
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], ref.decision_function(features), rtol=1e-6, atol=1e-6)
+    w = ref.coef_[0] / (scaler.scale_ if standardize else 1.0)
+    np.testing.assert_allclose(probe.coef_[1] - probe.coef_[0], w, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(probe.coef_[0], -probe.coef_[1], rtol=1e-6, atol=1e-9)
+
+
 def test_float32_defaults_close_to_scikit_learn() -> None:
     X, y = _classification(n=2000, seed=1)
     ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(X[:1500], y[:1500])
