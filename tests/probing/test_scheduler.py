@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabricmetrics import MetricsTracker
-from fabricmetrics.exceptions import ConfigurationError
+from fabricmetrics.exceptions import ConfigurationError, MetricError
 from fabricmetrics.probing import KNNProbe, LinearProbe
 from fabricmetrics.probing.extraction import extract_embeddings
 from fabricmetrics.probing.scheduler import ProbingScheduler
@@ -358,8 +358,9 @@ class Failing(ClassifierMixin, BaseEstimator):
 def test_a_failing_probe_raises_its_error_and_the_next_probing_still_runs(digits):
     encoder, train, test = digits
     scheduler = ProbingScheduler(encoder, train, test, probe={"bad": Failing()})
-    with pytest.raises(ValueError, match="probe exploded"):
+    with pytest.raises(MetricError, match=r"Probe `bad` \(Failing\(\)\) failed: ValueError: probe exploded") as info:
         scheduler.run()
+    assert isinstance(info.value.__cause__, ValueError)
     assert scheduler.runs == 0 and encoder.training
 
 
