@@ -174,6 +174,8 @@ class Coalescer:
         self._layout: _Layout = ()
         self._buffers: list[torch.Tensor] = []
         self._capacity = 0  # rows
+        self._slot_rows = 0  # rows of the step that allocated the buffers; views of the buffers in such steps:
+        self._slots: list[tuple[torch.Tensor, ...]] = []
         self._last: tuple[tuple[torch.Size, torch.dtype], ...] = ()  # shapes and dtypes of the last buffered step
         self._rows = 0  # rows held
         self.pending = 0  # steps held
@@ -191,10 +193,16 @@ class Coalescer:
             self._update_general(values, args, kwargs)
             return
         n = values[0].shape[0]
-        if self._rows + n > self._capacity:
-            self.flush()
-        for buffer, value in zip(self._buffers, values, strict=True):
-            buffer[self._rows : self._rows + n].copy_(value.detach())
+        if n == self._slot_rows and self._rows == self.pending * n:  # every step so far of the usual size
+            if self.pending == len(self._slots):
+                self.flush()
+            targets = self._slots[self.pending]  # views made once, at allocation
+        else:
+            if self._rows + n > self._capacity:
+                self.flush()
+            targets = tuple(buffer[self._rows : self._rows + n] for buffer in self._buffers)
+        for target, value in zip(targets, values, strict=True):
+            target.copy_(value.detach() if value.requires_grad else value)
         self._rows += n
         self.pending += 1
 
@@ -267,7 +275,10 @@ class Coalescer:
         rows = min(self.max_steps * n, self.max_bytes // max(row_bytes, 1))
         if rows < 2 * n:
             self._buffers, self._layout, self._n_args, self._keywords, self._capacity, self._last = [], (), 0, (), 0, ()
+            self._slot_rows, self._slots = 0, []
             return False
         self._buffers = [torch.empty((rows, *v.shape[1:]), dtype=v.dtype, device=v.device) for v in values]
+        self._slot_rows = n
+        self._slots = [tuple(b[i * n : (i + 1) * n] for b in self._buffers) for i in range(rows // n)]
         self._layout, self._n_args, self._keywords, self._capacity = layout, n_args, keywords, rows
         return True
