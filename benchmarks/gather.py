@@ -6,9 +6,15 @@ tracker.epoch`` exit: status exchange, uneven gather, compute, outcome exchange)
 
 * tracker, exact metric, even and uneven shards;
 * tracker with a per-step metric only (the fixed cost of an epoch end: two small object exchanges
-  and one all-reduce);
+  and one all-reduce), and with 8 per-step metrics (a longer status: every metric is in the
+  fingerprint that the ranks compare);
 * the floor: a bare ``torch.distributed.all_gather`` of the same 5k x 128 shards plus ``torch.cat``;
 * the metric's compute alone on the 10k x 128 set.
+
+For each tracker variant it also counts the collectives of one epoch end (``all_gather`` and
+``all_reduce`` calls of the process group) and the size of the pickled status that opens it (the
+first object exchange), so a run of another version of the library (``PYTHONPATH=<checkout>
+python benchmarks/gather.py`` from outside the repository) shows what a change adds to both.
 
 Usage: ``python benchmarks/gather.py [--repeats 10]``.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import socket
 import statistics
 import time
@@ -26,7 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import fabricmetrics
 from fabricmetrics import MetricsTracker, Schedule
+from fabricmetrics.distributed import Collectives, TorchCollectives
 
 D, TOTAL, STEP = 128, 10_000, 125
 
@@ -35,11 +44,53 @@ def mean_norm(z: torch.Tensor) -> torch.Tensor:
     return z.norm(dim=1).mean()
 
 
-def epoch_end_time(tracker: MetricsTracker, stage: str, shard: torch.Tensor) -> float:
+def max_norm(z: torch.Tensor) -> torch.Tensor:
+    return z.norm(dim=1).max()
+
+
+def first_mean(z: torch.Tensor) -> torch.Tensor:
+    return z[:, 0].mean()
+
+
+class CallCounter:
+    """Counts the process group's collectives and records the pickled size of each object exchange."""
+
+    def __init__(self) -> None:
+        self.collectives = 0
+        self.objects: list[int] = []
+        gather_same, reduce_sum, gather_object = (
+            TorchCollectives._all_gather_same,
+            TorchCollectives._all_reduce_sum,
+            Collectives.all_gather_object,
+        )
+
+        def counted_gather(collectives: TorchCollectives, tensor: torch.Tensor) -> list[torch.Tensor]:
+            self.collectives += 1
+            return gather_same(collectives, tensor)
+
+        def counted_reduce(collectives: TorchCollectives, tensor: torch.Tensor) -> torch.Tensor:
+            self.collectives += 1
+            return reduce_sum(collectives, tensor)
+
+        def recorded_object(collectives: Collectives, obj: object) -> list[object]:
+            self.objects.append(len(pickle.dumps(obj)))
+            return gather_object(collectives, obj)
+
+        TorchCollectives._all_gather_same = counted_gather  # type: ignore[method-assign]
+        TorchCollectives._all_reduce_sum = counted_reduce  # type: ignore[method-assign]
+        Collectives.all_gather_object = recorded_object  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        """Start counting one epoch end."""
+        self.collectives, self.objects = 0, []
+
+
+def epoch_end_time(tracker: MetricsTracker, stage: str, shard: torch.Tensor, counter: CallCounter) -> float:
     with tracker.epoch(stage):
         for start in range(0, len(shard), STEP):
             tracker.step(stage, {"z": shard[start : start + STEP]})
         dist.barrier()
+        counter.reset()
         start_time = time.perf_counter()
     return time.perf_counter() - start_time
 
@@ -53,15 +104,24 @@ def worker(rank: int, world: int, port: int, repeats: int, queue: mp.Queue) -> N
     uneven = torch.randn(TOTAL // world + (100 if rank == 0 else -100), D, generator=g)
     exact = MetricsTracker({"mean_norm": mean_norm}, schedule={"val": Schedule()})
     per_step = MetricsTracker({"mean_norm": mean_norm}, schedule={"val": Schedule(per_step=True)})
-    names = ("exact, even", "exact, uneven", "per-step only", "floor", "compute")
+    eight = {f"{f.__name__}_{i}": f for f in (mean_norm, max_norm, first_mean, torch.mean) for i in range(2)}
+    per_step_8 = MetricsTracker(eight, needs={key: ["z"] for key in eight}, schedule={"val": Schedule(per_step=True)})
+    trackers = {
+        "exact, even": (exact, even),
+        "exact, uneven": (exact, uneven),
+        "per-step only": (per_step, even),
+        "per-step, 8 metrics": (per_step_8, even),
+    }
+    names = (*trackers, "floor", "compute")
     times: dict[str, list[float]] = {k: [] for k in names}
+    calls: dict[str, tuple[int, int]] = {}
     whole = torch.randn(TOTAL, D, generator=g)
+    counter = CallCounter()
     for i in range(repeats + 1):
-        t = {
-            "exact, even": epoch_end_time(exact, "val", even),
-            "exact, uneven": epoch_end_time(exact, "val", uneven),
-            "per-step only": epoch_end_time(per_step, "val", even),
-        }
+        t = {}
+        for name, (tracker, shard) in trackers.items():
+            t[name] = epoch_end_time(tracker, "val", shard, counter)
+            calls[name] = (counter.collectives, counter.objects[0] if counter.objects else 0)
         dist.barrier()
         start = time.perf_counter()
         out = [torch.empty_like(even) for _ in range(world)]
@@ -75,8 +135,34 @@ def worker(rank: int, world: int, port: int, repeats: int, queue: mp.Queue) -> N
             for k, v in t.items():
                 times[k].append(v)
     if rank == 0:
-        queue.put({k: statistics.median(v) for k, v in times.items()})
+        queue.put(({k: statistics.median(v) for k, v in times.items()}, calls))
     dist.destroy_process_group()
+
+
+def status_cost(repeats: int = 2000) -> dict[str, tuple[float, int]]:
+    """In one process: microseconds to build and pickle the epoch-end status of a stage, and its bytes.
+
+    Uses the stage's private ``_status`` (the typed status with the fingerprint); an older version of
+    the library without it gives an empty dict.
+    """
+    eight = {f"{f.__name__}_{i}": f for f in (mean_norm, max_norm, first_mean, torch.mean) for i in range(2)}
+    variants = {
+        "1 per-step metric": MetricsTracker({"mean_norm": mean_norm}, schedule={"val": Schedule(per_step=True)}),
+        "8 per-step metrics": MetricsTracker(
+            eight, needs={key: ["z"] for key in eight}, schedule={"val": Schedule(per_step=True)}
+        ),
+    }
+    out = {}
+    for name, tracker in variants.items():
+        stage = tracker._stage("val")
+        if not hasattr(stage, "_status"):
+            return {}
+        stage.begin_epoch(None, 1, 0)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            payload = pickle.dumps((None, stage._status(1)))
+        out[name] = ((time.perf_counter() - start) / repeats * 1e6, len(payload))
+    return out
 
 
 def free_port() -> int:
@@ -92,11 +178,15 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     mp.spawn(worker, args=(2, free_port(), args.repeats, queue), nprocs=2, join=True)
-    medians = queue.get()
+    medians, calls = queue.get()
+    print(f"fabricmetrics from {os.path.dirname(fabricmetrics.__file__)}")
     print(f"Epoch end on 2 ranks (gloo, CPU), {TOTAL} x {D} float32 per epoch, median of {args.repeats}")
-    print(f"{'variant':<20} {'median':>10} {'vs floor':>10}")
+    print(f"{'variant':<22} {'median':>10} {'vs floor':>10} {'collectives':>12} {'status bytes':>13}")
     for name, value in medians.items():
-        print(f"{name:<20} {value * 1e3:>8.2f}ms {value / medians['floor']:>10.2f}")
+        count, status = calls.get(name, ("", ""))
+        print(f"{name:<22} {value * 1e3:>8.2f}ms {value / medians['floor']:>10.2f} {count:>12} {status:>13}")
+    for name, (micros, size) in status_cost().items():
+        print(f"status with its fingerprint, {name}: built and pickled in {micros:.1f} us, {size} bytes")
 
 
 if __name__ == "__main__":
