@@ -10,7 +10,9 @@ macro recall; 10 classes):
   metrics need, without any per-call overhead;
 - ``MetricCollection.update``: a hand-written loop (compute groups on), then ``compute()``;
 - ``tracker``: ``MetricsTracker`` with the default ``"train"`` schedule (step values every 50 steps);
-- ``tracker, no step values``: the same with ``Schedule(every_n_steps=None)`` (epoch values only).
+- ``tracker, no step values``: the same with ``Schedule(every_n_steps=None)`` (epoch values only);
+- ``tracker, coalescing off``: the default schedule with one ``update()`` per step and ``forward()``
+  on the logged steps, as before coalesced updates (switched off for this benchmark only).
 
 Each round runs every variant once, in an order rotated from round to round; the reported ratio is
 the median over rounds of each variant's time divided by the ``no metrics`` time of the same round,
@@ -37,6 +39,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
 
+import fabricmetrics.bound as bound_module
 from fabricmetrics import MetricsTracker, Schedule
 
 NUM_CLASSES = 10
@@ -117,9 +120,16 @@ def variants(batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.dev
 
         return run
 
-    def tracked(schedule: dict[str, Schedule] | None = None) -> Callable[[], None]:
+    def tracked(schedule: dict[str, Schedule] | None = None, coalesce: bool = True) -> Callable[[], None]:
         model, opt = make_model(device)
         tracker = MetricsTracker(four_metrics(), schedule=schedule)
+        if not coalesce:  # benchmark only: the stage's metrics are made with coalescing off
+            saved = bound_module.eligible
+            bound_module.eligible = lambda metric: False
+            try:
+                tracker._stage("train")
+            finally:
+                bound_module.eligible = saved
 
         def run() -> None:
             with tracker.epoch("train"):
@@ -134,6 +144,7 @@ def variants(batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.dev
         "MetricCollection.update": collection(),
         "tracker (default schedule)": tracked(),
         "tracker, no step values": tracked({"train": Schedule(every_n_steps=None)}),
+        "tracker, coalescing off": tracked(coalesce=False),
     }
 
 
