@@ -89,10 +89,10 @@ class SumOf(Metric):
 # the worker (module level: pickled for spawn)
 
 
-def attempt(tracker: MetricsTracker, stage: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
+def attempt(tracker: MetricsTracker, stage: str, batches: list[dict[str, Any]], **epoch_kwargs: Any) -> dict[str, Any]:
     """One epoch of ``stage``: its results, or the error it ended in; and how long the epoch end took."""
     try:
-        with tracker.epoch(stage) as epoch:
+        with tracker.epoch(stage, **epoch_kwargs) as epoch:
             for batch in batches:
                 tracker.step(stage, batch)
             start = time.perf_counter()
@@ -167,6 +167,12 @@ def agreement_worker(rank: int, world: int) -> dict[str, Any]:
         batches = [{"value": x[s], "y_true": y[s], "y_pred": p[s]} for s in (slice(0, 4), slice(4, 10))]
         return {"failed": [], "after": attempt(tracker, "val", batches), "batches": batches}
 
+    # (f) another num_samples per rank: each rank would cut a different amount of padding
+    def num_samples() -> dict[str, Any]:
+        tracker = MetricsTracker({"n": SumMetric()})
+        failed = attempt(tracker, "val", value_batches(rank), num_samples=20 if rank == 0 else 19)
+        return {"failed": [failed], "after": attempt(tracker, "val", value_batches(rank), num_samples=20)}
+
     scenario("order", order)
     scenario("kind", kind)
     scenario(
@@ -176,6 +182,7 @@ def agreement_worker(rank: int, world: int) -> dict[str, Any]:
     scenario("stage order, exact", lambda: stage_order(accuracy_score, lambda s: label_batches(rank, s)))
     scenario("per_step", lambda: schedules(Schedule(per_step=True), Schedule(per_step=False)))
     scenario("every_n_epochs", lambda: schedules(Schedule(every_n_epochs=1), Schedule(every_n_epochs=2)))
+    scenario("num_samples", num_samples)
     scenario("alike", alike)
     return out
 
@@ -281,6 +288,17 @@ def test_other_schedules_are_refused_on_every_rank(outcomes, name, item, mine, t
     x = all_values(0.5)
     for out in outcomes:  # another stage of the same tracker still works: train is per-step, batches of 4 and 6
         assert out[name]["after"]["results"] == pytest.approx({"m/train": x.mean()})
+
+
+def test_another_num_samples_per_rank_is_refused_on_every_rank(outcomes):
+    # num_samples is the length of the data set the sampler shards: one number for every rank; rank 1
+    # told 19 instead of 20 would drop one of its real samples as padding, silently
+    for records in refusals(outcomes, "num_samples"):
+        message = records[0]["message"]
+        assert "stage `val`" in message and "num_samples" in message and "rank 1" in message
+        assert "'20'" in message and "'19'" in message
+    for out in outcomes:
+        assert out["num_samples"]["after"]["results"] == {"n/val": all_values().sum()}
 
 
 def test_ranks_configured_alike_agree(outcomes):
