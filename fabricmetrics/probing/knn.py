@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from fabricmetrics.distributed import Collectives
 from fabricmetrics.exceptions import ConfigurationError, InputError
+from fabricmetrics.metrics.functional._kernels import round_centre
 from fabricmetrics.probing._torch_utils import (
     DTypeName,
     accuracy,
@@ -200,10 +201,17 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
           centred in float64 and rounded once, so its centred rows keep their own relative precision.
         * Euclidean: ``q' = q - c`` and ``bias = -|x'|**2 / 2``: ``(|q'|**2 - d**2) / 2``. Centring makes
           ``|x'|`` and ``|q'|`` of the order of the spread of the data, so nothing large cancels.
+          ``c`` is the mean rounded to a short number (:func:`round_centre`), so that small integer
+          features stay exact and their equal distances stay ties, as scikit-learn sees them.
         """
         self._check_finite(X, coll, "KNNProbe.fit")
         if self.metric == "euclidean":
-            center = (coll.all_reduce_sum(X.sum(dim=0, dtype=torch.float64)) / n_total).to(X.dtype)
+            mean = coll.all_reduce_sum(X.sum(dim=0, dtype=torch.float64)) / n_total
+            squares = torch.zeros(1, dtype=torch.float64, device=X.device)
+            for start in range(0, X.shape[0], _ROWS_PER_CHUNK):
+                squares += (X[start : start + _ROWS_PER_CHUNK].double() - mean).square().sum()
+            spread = (coll.all_reduce_sum(squares) / (n_total * X.shape[1])).sqrt()
+            center = round_centre(mean, spread).to(X.dtype)  # exact data stay exact: ties stay ties
             bank = X - center
             return bank, -0.5 * torch.linalg.vecdot(bank, bank), center
         total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)

@@ -102,3 +102,20 @@ def test_knn_probe_temperature_weights_far_from_the_origin(offset: float) -> Non
         warnings.simplefilter("error")
         proba = probe.predict_proba(X[1000:])
     np.testing.assert_allclose(proba, votes / votes.sum(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_knn_probe_integer_features_are_the_same_at_every_offset() -> None:
+    # Small integers + 1000 are exact in float32, and so are the bank rows once centred (the centre
+    # is rounded to a short number): equal distances stay ties, broken the same way at every offset.
+    rng = np.random.default_rng(6)
+    X = rng.integers(0, 4, size=(400, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 400)
+    base = KNNProbe(k=15, temperature=None, metric="euclidean").fit(X[:300], y[:300])
+    shifted = KNNProbe(k=15, temperature=None, metric="euclidean").fit(X[:300] + 1000, y[:300])
+    np.testing.assert_array_equal(shifted.predict_proba(X[300:] + 1000), base.predict_proba(X[300:]))
+    # Where the k-th and (k+1)-th neighbours are not tied, the neighbours are scikit-learn's.
+    ref = KNeighborsClassifier(15, algorithm="brute").fit(X[:300], y[:300])
+    distances, _ = ref.kneighbors(X[300:], n_neighbors=16)
+    untied = distances[:, 14] < distances[:, 15]
+    assert untied.sum() > 10
+    np.testing.assert_allclose(base.predict_proba(X[300:])[untied], ref.predict_proba(X[300:])[untied], atol=1e-6)
