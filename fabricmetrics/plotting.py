@@ -352,54 +352,22 @@ def _draw_panel(
 ) -> None:
     only_steps = all(group_of(key)[1].endswith(_STEP_SUFFIX) for key in keys)
     others = [label for label in (group_of(key)[1] for key in keys) if _stage_label(label) not in _STAGES]
-    lower = [lower_is_better(key) for key in keys]
-    mixed = any(lower) and not all(lower)
+    lower = {key: lower_is_better(key) for key in keys}
+    mixed = len(set(lower.values())) > 1  # then each curve says its direction, else the title does
     ends: list[list[int]] = []
     for run, history in runs.items():
-        drawn = False
-        for key, key_lower in zip(keys, lower, strict=True):
-            if key not in history or not len(history[key]):
-                continue
-            drawn = True
+        drawn = [key for key in keys if key in history and len(history[key])]
+        for key in drawn:
             label = group_of(key)[1]
-            steps, values = [s for s, _ in history[key]], [v for _, v in history[key]]
+            name = (label if single else f"{run} {label}") + (" (lower is better)" if mixed and lower[key] else "")
             colour = colours[_stage_label(label)] if single else colours[run]
-            name = label if single else f"{run} {label}"
-            if mixed and key_lower:
-                name += " (lower is better)"
             if label.endswith(_STEP_SUFFIX):
-                faint = not only_steps
-                ax.plot(
-                    steps, values, color=colour, linewidth=0.9 if faint else 1.2, alpha=0.4 if faint else 0.9,
-                    zorder=1 if faint else 2, label=name,
-                )  # fmt: skip
-                continue
-            style, marker = _style(label, others, single)
-            size = 4.0 if len(steps) <= 40 else 2.0
-            best = _best(values, key_lower)
-            if best is not None:
-                last_is_best = best == len(values) - 1 or values[best] == values[-1]
-                name += (
-                    f"  last {values[-1]:.3g} (best)"
-                    if last_is_best
-                    else f"  best {values[best]:.3g}, last {values[-1]:.3g}"
-                )
-            ax.plot(
-                steps, values, color=colour, linestyle=style, linewidth=1.8, marker=marker, markersize=size,
-                zorder=3, label=name,
-            )  # fmt: skip
-            if best is not None:
-                ax.plot(
-                    [steps[-1]], [values[-1]], linestyle="none", marker="o", markersize=10, markerfacecolor="none",
-                    markeredgecolor=colour, markeredgewidth=1.5, zorder=4, label="_last",
-                )  # fmt: skip
-                ax.plot(
-                    [steps[best]], [values[best]], linestyle="none", marker="*", markersize=13, color=colour,
-                    markeredgecolor="black", markeredgewidth=0.6, zorder=5, label="_best",
-                )  # fmt: skip
+                _draw_step_curve(ax, history[key], name, colour, faint=not only_steps)
+            else:
+                _draw_curve(ax, history[key], name, colour, _style(label, others, single), lower=lower[key])
         if drawn:
             ends.append(_epoch_ends(history))
-    ax.set_title(f"{group} (lower is better)" if all(lower) else group, fontsize="large")
+    ax.set_title(f"{group} (lower is better)" if all(lower.values()) else group, fontsize="large")
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
     _epoch_axis(ax, ends)
@@ -408,6 +376,36 @@ def _draw_panel(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     if len(keys) > 1 or not single or group_of(keys[0])[1] != group:  # a lone key without "/" is named by the title
         ax.legend(fontsize="small", framealpha=0.8)
+
+
+def _draw_step_curve(ax: Axes, points: Sequence[tuple[int, float]], name: str, colour: str, *, faint: bool) -> None:
+    """A step-level curve: thin, and light behind the epoch-level curves when there are some."""
+    width, alpha, zorder = (0.9, 0.4, 1) if faint else (1.2, 0.9, 2)
+    ax.plot([s for s, _ in points], [v for _, v in points], color=colour, linewidth=width, alpha=alpha, zorder=zorder,
+            label=name)  # fmt: skip
+
+
+def _draw_curve(
+    ax: Axes, points: Sequence[tuple[int, float]], name: str, colour: str, style: tuple[object, str], *, lower: bool
+) -> None:
+    """An epoch-level curve with markers, a star on its best value and a ring on its last, both in the legend."""
+    steps, values = [s for s, _ in points], [v for _, v in points]
+    best = _best(values, lower)
+    if best is not None:
+        last_is_best = best == len(values) - 1 or values[best] == values[-1]
+        name += (
+            f"  last {values[-1]:.3g} (best)" if last_is_best else f"  best {values[best]:.3g}, last {values[-1]:.3g}"
+        )
+    size = 4.0 if len(steps) <= 40 else 2.0
+    line, marker = style
+    ax.plot(
+        steps, values, color=colour, linestyle=line, linewidth=1.8, marker=marker, markersize=size, zorder=3, label=name
+    )
+    if best is not None:
+        ax.plot([steps[-1]], [values[-1]], linestyle="none", marker="o", markersize=10, markerfacecolor="none",
+                markeredgecolor=colour, markeredgewidth=1.5, zorder=4, label="_last")  # fmt: skip
+        ax.plot([steps[best]], [values[best]], linestyle="none", marker="*", markersize=13, color=colour,
+                markeredgecolor="black", markeredgewidth=0.6, zorder=5, label="_best")  # fmt: skip
 
 
 def _style(label: str, others: Sequence[str], single: bool) -> tuple[object, str]:
