@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fabricmetrics._collect import Collector, Layout
-from fabricmetrics._values import to_floats
+from fabricmetrics._values import check_unique, to_floats
 from fabricmetrics.bound import Bound, ExactBound, PerStepBound, Reduction, TorchmetricBound, first_dim
 from fabricmetrics.distributed import Collectives, share_status, valid_sample_count
 from fabricmetrics.exceptions import (
@@ -40,6 +40,8 @@ _AGREEMENT_HINTS = {
     "stage": "run the same stages in the same order on every rank (every rank opens and closes each epoch)",
     "epoch": "run every epoch of a stage on every rank (resume every rank from the same checkpoint)",
     "computes this epoch": "give every rank the same Schedule for this stage",
+    "num_samples": "pass every rank the same num_samples= (the length of the data set the sampler shards, e.g. "
+    "fabricmetrics.num_samples_of(loader))",
     "metrics": "build the metrics in the same order on every rank (a dict literal or sorted names, not a set)",
 }
 _METRIC_HINT = "give every rank the same metric objects under each name (kind, class and settings)"
@@ -412,6 +414,7 @@ class Stage:
             ("stage", self.name),
             ("epoch", str(index)),
             ("computes this epoch", str(self.accumulating)),
+            ("num_samples", str(self.num_samples)),
             ("metrics", ", ".join(self.bounds)),
         ]
         fingerprint += [(f"metric `{name}`", bound.describe()) for name, bound in self.bounds.items()]
@@ -446,7 +449,7 @@ class Stage:
         """Reduce every bound over ranks, compute, and share the results (rank 0's floats) with every rank."""
         self._adopt_leaders(statuses)
         reduction = Reduction(collectives, lambda j: self._gather_source(collectives, statuses, j), self.name)
-        flat: dict[str, Any] = {}
+        flat: list[tuple[str, Any]] = []
         errors: dict[str, BaseException] = {}
         bounds = list(self.bounds.values())
         try:
@@ -455,7 +458,7 @@ class Stage:
             reduction.run()
             for bound in bounds:
                 try:
-                    flat.update(bound.value(reduction))
+                    flat.extend(bound.value(reduction))
                 except Exception as err:
                     errors[bound.name] = err
         finally:
@@ -464,14 +467,14 @@ class Stage:
         return self._share_results(collectives, flat, errors, index)
 
     def _share_results(
-        self, collectives: Collectives, flat: dict[str, Any], errors: dict[str, BaseException], index: int
+        self, collectives: Collectives, flat: list[tuple[str, Any]], errors: dict[str, BaseException], index: int
     ) -> dict[str, float]:
         """Exchange errors and rank 0's values; raise on every rank if any metric failed anywhere."""
-        floats = to_floats(list(flat.values()))
+        floats = to_floats([v for _, v in flat])
         outcomes = collectives.all_gather_object(
             (
                 {name: f"{type(err).__name__}: {err}" for name, err in errors.items()},
-                dict(zip(flat, floats, strict=True)) if collectives.is_main else None,
+                [(k, f) for (k, _), f in zip(flat, floats, strict=True)] if collectives.is_main else None,
             )
         )
         for rank, (failed, _) in enumerate(outcomes):
@@ -481,7 +484,9 @@ class Stage:
                 if rank == collectives.rank:
                     raise MetricError(text) from errors[name]
                 raise DistributedError(text)
-        return {f"{key}/{self.name}": value for key, value in outcomes[0][1].items()}
+        pairs = outcomes[0][1]  # rank 0's list, the same on every rank: every rank raises alike
+        check_unique([key for key, _ in pairs], f"the epoch values of stage `{self.name}`")
+        return {f"{key}/{self.name}": value for key, value in pairs}
 
     def _adopt_leaders(self, statuses: list[EpochStatus]) -> None:
         """Take the shared-update leaders of the ranks that stepped, so every rank syncs the same metrics.

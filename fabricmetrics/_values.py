@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fabricmetrics.exceptions import MetricError
+from fabricmetrics.exceptions import ConfigurationError, MetricError
 
-__all__ = ["flatten_value", "to_floats", "to_numpy"]
+__all__ = ["check_unique", "flatten_value", "to_floats", "to_numpy"]
 
 
 def flatten_value(name: str, value: Any) -> list[tuple[str, Any]]:
@@ -105,3 +105,18 @@ def to_numpy(value: Any) -> Any:
             value = value.float()
         return value.cpu().numpy()
     return value
+
+
+def check_unique(keys: list[str], where: str) -> None:
+    """Flattened value names must be distinct (a vector `f1` gives `f1_0`, which a metric `f1_0` would overwrite).
+
+    Raises:
+        ConfigurationError: a key appears twice.
+    """
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ConfigurationError(
+            f"{where} produce the key(s) {twice} twice: a metric returning several values is logged per element "
+            "(`f1` → `f1_0`, `f1_1`; a dict `m` → `m_{key}`), which another metric's name repeats. HINT: rename one "
+            "of the metrics."
+        )

@@ -407,7 +407,7 @@ class TorchmetricBound(Bound):
         """Every state of the metric (also the non-persistent ones) and its update count (buffered steps included)."""
         self.flush()
         states = {key: _detach(value) for key, value in _tm.state(self.metric).items()}
-        return {"states": states, "update_count": _tm.update_count(self.metric)}
+        return {"states": states, "update_count": _tm.update_count(self.metric), "describe": self.describe()}
 
     def check_state(self, state: Any) -> None:
         """The state must hold exactly this metric's states."""
@@ -418,6 +418,12 @@ class TorchmetricBound(Bound):
             raise ConfigurationError(
                 f"Metric `{self.name}` has no state {unknown}; the checkpoint is of another metric. HINT: resume with "
                 "the metrics of the run that saved the checkpoint, or checkpoint between epochs."
+            )
+        saved = state.get("describe")  # absent in older checkpoints
+        if saved is not None and saved != self.describe():
+            raise ConfigurationError(
+                f"The checkpoint's state of metric `{self.name}` is of {saved}, and this metric is {self.describe()}. "
+                "HINT: resume with the metrics of the run that saved the checkpoint, or checkpoint between epochs."
             )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from fabricmetrics._hooks import CallbackHooks
 from fabricmetrics._stage import EpochOutcome, Stage
 from fabricmetrics._validate import check_int
-from fabricmetrics._values import flatten_value, to_floats
+from fabricmetrics._values import check_unique, flatten_value, to_floats
 from fabricmetrics.bound import update_signature
 from fabricmetrics.distributed import Collectives, num_samples_of, resolve_collectives
 from fabricmetrics.exceptions import (
@@ -255,7 +255,7 @@ class MetricsTracker(CallbackHooks):
                 self._show().step(stage, None)
             return {}
         items = [item for name, value in values.items() for item in flatten_value(name, value)]
-        _check_unique([k for k, _ in items], f"the step values of stage `{stage}`")
+        check_unique([k for k, _ in items], f"the step values of stage `{stage}`")
         logged = {f"{k}/{stage}_step": v for (k, _), v in zip(items, to_floats([v for _, v in items]), strict=True)}
         self._claim(logged, ("step", stage))
         self._publish(logged)
@@ -313,7 +313,7 @@ class MetricsTracker(CallbackHooks):
             step: the step to log at; defaults to :attr:`global_step`.
         """
         items = [item for key, value in values.items() for item in flatten_value(key, value)]
-        _check_unique([k for k, _ in items], "tracker.log()")
+        check_unique([k for k, _ in items], "tracker.log()")
         self._publish(dict(zip([k for k, _ in items], to_floats([v for _, v in items]), strict=True)), step)
 
     # ----------------------------------------------------------------------------------------------
@@ -563,17 +563,6 @@ def _describe_origin(origin: tuple[str, str]) -> str:
         "step": f"the step values of stage `{name}`",
         "probe": f"probes[{name}]",
     }[kind]
-
-
-def _check_unique(keys: list[str], where: str) -> None:
-    """Flattened value names must be distinct (a vector `f1` gives `f1_0`, which a metric `f1_0` would overwrite)."""
-    if len(set(keys)) != len(keys):
-        twice = sorted({k for k in keys if keys.count(k) > 1})
-        raise ConfigurationError(
-            f"{where} produce the key(s) {twice} twice: a metric returning several values is logged per element "
-            "(`f1` → `f1_0`, `f1_1`; a dict `m` → `m_{key}`), which another metric's name repeats. HINT: rename one "
-            "of the metrics."
-        )
 
 
 def _check_stage_name(name: Any, stages: list[str]) -> None:
