@@ -127,8 +127,8 @@ class Collector:
             array = np.concatenate(chunks) if chunks else np.empty((0, *layout[1]), dtype=np.dtype(layout[2]))
             if collectives.world_size == 1:
                 return array
-            if array.dtype.kind not in "biufc":
-                raise OutputsError(f"Cannot gather NumPy arrays of dtype {array.dtype} across ranks; use numbers.")
+            if array.dtype.kind not in "biufc":  # strings, objects: pickled (the layout says so on every rank)
+                return np.concatenate(collectives.all_gather_object(array))
             return to_numpy(collectives.all_gather_cat(torch.from_numpy(np.ascontiguousarray(array)), counts))
         if chunks:
             local = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
