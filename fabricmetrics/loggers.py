@@ -109,16 +109,21 @@ class CSVLogger(_FabricCSVLogger):
         # (largest step logged so far, rows logged at it; None when unknown), for checkpoints
         self._latest: tuple[int, int | None] | None = None
         self._exit_flush: weakref.finalize | None = None
+        self._save_at = max(1, int(self._flush_logs_every_n_steps))  # pending rows that trigger a save
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Fabric's ``log_metrics``; rows are saved every ``flush_logs_every_n_steps`` rows."""
+        every = max(1, int(self._flush_logs_every_n_steps))
         try:
             super().log_metrics(metrics, step)  # type: ignore[arg-type]
             writer = self.experiment
-            if len(writer.metrics) >= max(1, int(self._flush_logs_every_n_steps)):
+            if len(writer.metrics) >= self._save_at:
                 writer.save()
+            if not writer.metrics:
+                self._save_at = every
         except LogDirectoryError as err:  # the rows stay in memory; the next flush writes them
+            self._save_at = len(self.experiment.metrics) + every  # not again at every row
             rank_zero_warn(str(err))
         if step is None:
             return
@@ -375,10 +380,10 @@ def _pin_versions(loggers: Sequence[Logger]) -> None:
 
 
 def _save_quietly(writer: _ExperimentWriter) -> None:
-    """Save a writer's rows at exit (a failure is a warning: the process is ending anyway)."""
+    """Save a writer's last rows at exit or when its logger is garbage-collected (a failure is a warning)."""
     if not writer.metrics:
         return
     try:
         writer.save()
     except Exception as err:
-        rank_zero_warn(f"CSVLogger could not save its last rows at exit: {describe_log_error(err)}")
+        rank_zero_warn(f"CSVLogger could not save its last rows before closing: {describe_log_error(err)}")
