@@ -326,16 +326,19 @@ class MetricsTracker(CallbackHooks):
         disk even if the job is killed before it ends.
         """
         rows: list[int | None] | None = None
+        logger_states: list[Any] | None = None
         if self._collectives().is_main:
             flush_loggers(self.loggers)
             rows = [
                 logger.rows_at_step(self.global_step) if isinstance(logger, CSVLogger) else None
                 for logger in self.loggers
             ]
+            logger_states = [_logger_state(logger) for logger in self.loggers]
         return {
             "format": _STATE_FORMAT,
             "global_step": self.global_step,
             "logger_rows_at_global_step": rows,
+            "logger_states": logger_states,
             "history": self.history.state_dict(),
             "stages": {name: st.state_dict() for name, st in self._stages.items()},
             "probes": [p.state_dict() if hasattr(p, "state_dict") else {} for p in self._probes],
@@ -365,6 +368,8 @@ class MetricsTracker(CallbackHooks):
             if hasattr(probe, "load_state_dict"):
                 probe.load_state_dict(probe_state)
         if collectives.is_main:
+            for logger, logger_state in zip(self.loggers, state.get("logger_states") or [], strict=False):
+                _load_logger_state(logger, logger_state)
             rows = state.get("logger_rows_at_global_step")
             resume_loggers(self.loggers, self.global_step, rows_at_step=rows)
 
@@ -602,3 +607,18 @@ def _check_history_state(history: Any, hint: str) -> None:
         ok = False
     if not ok:
         raise ConfigurationError(f"The tracker state's history is not key → [[step, value], …]. {hint}")
+
+
+def _keeps_state(logger: Any) -> bool:
+    return callable(getattr(logger, "state_dict", None)) and callable(getattr(logger, "load_state_dict", None))
+
+
+def _logger_state(logger: Any) -> Any:
+    """A logger's own state (e.g. the MLflow or W&B run id to continue), if it keeps one, else ``None``."""
+    return logger.state_dict() if _keeps_state(logger) else None
+
+
+def _load_logger_state(logger: Any, state: Any) -> None:
+    """Restore :func:`_logger_state` into a logger that keeps one (before it resumes)."""
+    if state is not None and _keeps_state(logger):
+        logger.load_state_dict(state)
