@@ -41,6 +41,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_sum
 
 from fabricmetrics import _tm
+from fabricmetrics.exceptions import MetricError
 
 __all__ = ["Coalescer", "eligible"]
 
@@ -146,6 +147,11 @@ class Coalescer:
         max_steps: the most steps buffered before a flush.
         max_bytes: the most bytes the buffers may hold (all arguments together); a step that would
             not leave room for a second one of its size is not buffered.
+        name: the name of the metric(s), for error messages.
+
+    Raises:
+        MetricError: (from :meth:`update` and :meth:`flush`) an update of buffered steps failed; it
+            names the metric and chains the metric's own error.
 
     Example:
         >>> from torchmetrics.classification import MulticlassAccuracy
@@ -160,9 +166,12 @@ class Coalescer:
         (tensor(0.6667), 2)
     """
 
-    def __init__(self, metrics: Sequence[Metric], *, max_steps: int = 32, max_bytes: int = 16 * 2**20) -> None:
+    def __init__(
+        self, metrics: Sequence[Metric], *, max_steps: int = 32, max_bytes: int = 16 * 2**20, name: str = "metric"
+    ) -> None:
         """Bind the metrics; buffers are allocated by the first step that can be buffered."""
         self.metrics = list(metrics)
+        self.name = name
         rules = [_rule(m) for m in self.metrics]
         if any(r is None or not _integer_sum_states(m) for r, m in zip(rules, self.metrics, strict=True)):
             raise ValueError("Coalescer: every metric must be eligible (see `eligible`).")
@@ -246,7 +255,15 @@ class Coalescer:
         kwargs = dict(zip(self._keywords, views[self._n_args :], strict=True))
         for metric in self.metrics:
             before = _tm.update_count(metric)
-            metric.update(*args, **kwargs)
+            try:
+                metric.update(*args, **kwargs)
+            except Exception as err:
+                raise MetricError(
+                    f"Metric `{self.name}`: the one update of its {steps} buffered step(s) raised "
+                    f"{type(err).__name__}: {err} HINT: its updates are coalesced (one update for up to "
+                    f"{self.max_steps} steps), so an input that it refuses is reported when its buffer is flushed, "
+                    "after the step that gave it; give every step inputs that the metric accepts."
+                ) from err
             _tm.set_state(metric, {}, before + steps)
 
     def discard(self) -> None:

@@ -287,7 +287,7 @@ class TorchmetricBound(Bound):
         # A metric whose updates add up exactly (see fabricmetrics._coalesce) buffers its steps and runs one
         # update per flush; its logged batch values come from a scratch clone, updated once per step for a
         # leader and its followers.
-        self._coalescer = Coalescer([self.metric]) if eligible(self.metric) else None
+        self._coalescer = Coalescer([self.metric], name=name) if eligible(self.metric) else None
         self._flush_error: BaseException | None = None
         self._batch: Metric | None = None
         self._batch_inputs: tuple[Any, ...] = ()
@@ -378,7 +378,7 @@ class TorchmetricBound(Bound):
         """``compute()`` on the synced state (a follower first adopts its leader's)."""
         source = self.leader or self
         if source._flush_error is not None:
-            raise MetricError(f"updating `{source.name}` with its buffered steps failed") from source._flush_error
+            raise source._flush_error
         if source._sync_error is not None:
             raise MetricError(f"synchronising `{source.name}` failed") from source._sync_error
         if self.leader is not None:  # (the leader's buffered steps ran in summary(), before any sync)

@@ -34,6 +34,7 @@ from torchmetrics.regression import MeanSquaredError
 
 from fabricmetrics import MetricsTracker, Schedule, _tm
 from fabricmetrics._coalesce import Coalescer, eligible
+from fabricmetrics.exceptions import MetricError
 from tests._distributed import run_on_ranks
 
 SIZES = [7, 7, 7, 7, 7, 3, 7, 7, 1, 7, 7, 5]  # uneven, with a short step in the middle (flushes mid-run)
@@ -485,3 +486,24 @@ def test_two_ranks_equal_per_step_updates_of_all_batches(tmp_path):
         values, exact = epoch_values(results), dict(expected)
         torch.testing.assert_close(values.pop("mse"), exact.pop("mse"))  # a float sum: order matters
         assert values == exact  # integer states: exact across ranks (`precision` follows `f1`'s update)
+
+
+def test_an_invalid_buffered_step_fails_the_epoch_with_the_metrics_error():
+    tracker = MetricsTracker({"acc": MulticlassAccuracy(C), "f1": MulticlassF1Score(C)})
+    g = torch.Generator().manual_seed(12)
+    refused = r"`acc`.*buffered step.*preds.shape\[1\].*HINT: its updates are coalesced"
+    with pytest.raises(MetricError, match=refused), tracker.epoch("train"):
+        for classes in (C, C, C + 1):  # the last step has one class too many: refused at the epoch end
+            preds, target = torch.randn(6, classes, generator=g), torch.randint(0, C, (6,), generator=g)
+            tracker.step("train", {"preds": preds, "target": target})
+    assert "acc/train" not in tracker.history
+
+
+def test_an_invalid_buffered_step_is_reported_at_its_flush():
+    metric = MulticlassAccuracy(C)
+    coalescer = Coalescer([metric], max_steps=2, name="acc")
+    g = torch.Generator().manual_seed(13)
+    coalescer.update([torch.randn(6, C, generator=g), torch.randint(0, C, (6,), generator=g)], {})
+    coalescer.update([torch.randn(6, C, generator=g), torch.full((6,), 7)], {})  # a label out of range
+    with pytest.raises(MetricError, match=r"Metric `acc`: the one update of its 2 buffered step\(s\) raised"):
+        coalescer.update([torch.randn(6, C, generator=g), torch.randint(0, C, (6,), generator=g)], {})
