@@ -217,8 +217,9 @@ def _add_demo(subcommands: argparse._SubParsersAction) -> None:
         help="train a small model on scikit-learn's digits with tracking and probing",
         description=(
             "Train a small CNN on scikit-learn's digits (accuracy, F1, precision, recall), then a "
-            "SimCLR-style encoder (alignment, uniformity, contrastive accuracy, and a linear probe every "
-            "epoch). Writes TensorBoard and CSV logs and PNGs of the curves under --out, and prints where. "
+            "SimCLR-style encoder (alignment, uniformity, contrastive accuracy, and a linear probe and a t-SNE map "
+            "of the embedding every epoch). Writes logs (TensorBoard and CSV unless --logger says otherwise) and "
+            "PNGs of the curves and maps under --out, and prints where. "
             "Offline, on one CPU core: about 25 s on an idle machine (longer when other jobs share the cores)."
         ),
         formatter_class=_HelpFormatter,
