@@ -334,7 +334,7 @@ def main(out: str, epochs: int = 10, loggers: Sequence[LoggerKind] = ("tensorboa
     print(f"\nfabricmetrics demo finished in {time.perf_counter() - start:.0f} s.")
     for line in _headlines(result.final):
         print(f"  {line}")
-    print("Plots (one per part):")
+    print("Plots:")
     for png in result.pngs:
         print(f"  {png}")
     if result.log_dirs:
