@@ -44,7 +44,8 @@ class EpochRecord:
     Attributes:
         stage: the stage name.
         index: the number of this epoch of the stage (1 for the first).
-        num_samples: the dataset length given to ``epoch()``, if any.
+        num_samples: the ``num_samples`` given to ``epoch()`` (the number of samples the sampler
+            draws from over all ranks), if any.
         results: what the epoch computed, ``"{metric}/{stage}"`` → float, filled after the block
             (empty when the schedule skips this epoch).
         samples: samples this rank fed to the metrics (padding removed).
@@ -486,6 +487,8 @@ class MetricsTracker(CallbackHooks):
                 self._claim(results, ("probe", str(i)))
                 self._results.update(results)
                 self._publish(results, check_finite=False)
+                if self._progress:
+                    self._show().results(f"probe after train epoch {epoch}", results)
 
     def _publish(self, values: dict[str, float], step: int | None = None, *, check_finite: bool = True) -> None:
         """Record ``values`` in the history and send them to every logger (rank 0 only).
