@@ -147,7 +147,7 @@ class Coalescer:
         max_steps: the most steps buffered before a flush.
         max_bytes: the most bytes the buffers may hold (all arguments together); a step that would
             not leave room for a second one of its size is not buffered.
-        name: the name of the metric(s), for error messages.
+        name: the name of the metrics, for error messages (:meth:`join` adds others).
 
     Raises:
         MetricError: (from :meth:`update` and :meth:`flush`) an update of buffered steps failed; it
@@ -170,14 +170,11 @@ class Coalescer:
         self, metrics: Sequence[Metric], *, max_steps: int = 32, max_bytes: int = 16 * 2**20, name: str = "metric"
     ) -> None:
         """Bind the metrics; buffers are allocated by the first step that can be buffered."""
-        self.metrics = list(metrics)
-        self.name = name
-        rules = [_rule(m) for m in self.metrics]
-        if any(r is None or not _integer_sum_states(m) for r, m in zip(rules, self.metrics, strict=True)):
-            raise ValueError("Coalescer: every metric must be eligible (see `eligible`).")
+        self.metrics: list[Metric] = []
+        self.names: list[str] = []
+        self._checks: list[_Rule] = []
         self.max_steps = max_steps
         self.max_bytes = max_bytes
-        self._checks = [rule for rule in rules if rule is not None and rule is not _any_inputs]
         self._n_args = 0  # the buffers hold this many positional arguments, then these keywords:
         self._keywords: tuple[str, ...] = ()
         self._layout: _Layout = ()
@@ -188,6 +185,8 @@ class Coalescer:
         self._last: tuple[tuple[torch.Size, torch.dtype], ...] = ()  # shapes and dtypes of the last buffered step
         self._rows = 0  # rows held
         self.pending = 0  # steps held
+        for metric in metrics:
+            self.join(metric, name)
 
     def update(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Add one step's arguments to every metric: buffered when possible, else a direct update.
@@ -253,18 +252,37 @@ class Coalescer:
         self.pending = 0
         args = views[: self._n_args]
         kwargs = dict(zip(self._keywords, views[self._n_args :], strict=True))
-        for metric in self.metrics:
+        for metric, name in zip(self.metrics, self.names, strict=True):
             before = _tm.update_count(metric)
             try:
                 metric.update(*args, **kwargs)
             except Exception as err:
                 raise MetricError(
-                    f"Metric `{self.name}`: the one update of its {steps} buffered step(s) raised "
+                    f"Metric `{name}`: the one update of its {steps} buffered step(s) raised "
                     f"{type(err).__name__}: {err} HINT: its updates are coalesced (one update for up to "
                     f"{self.max_steps} steps), so an input that it refuses is reported when its buffer is flushed, "
                     "after the step that gave it; give every step inputs that the metric accepts."
                 ) from err
             _tm.set_state(metric, {}, before + steps)
+
+    def join(self, metric: Metric, name: str) -> None:
+        """Update ``metric`` too, with the same arguments (the buffered steps are flushed first).
+
+        Args:
+            metric: an eligible metric fed the same arguments as the others.
+            name: its name, for error messages.
+
+        Raises:
+            ValueError: ``metric`` is not :func:`eligible`.
+        """
+        rule = _rule(metric)
+        if rule is None or not _integer_sum_states(metric):
+            raise ValueError("Coalescer: every metric must be eligible (see `eligible`).")
+        self.flush()
+        self.metrics.append(metric)
+        self.names.append(name)
+        if rule is not _any_inputs and rule not in self._checks:
+            self._checks.append(rule)
 
     def discard(self) -> None:
         """Forget the buffered steps (the metrics were reset or their states replaced)."""

@@ -299,6 +299,10 @@ class Stage:
             if isinstance(bound, TorchmetricBound) and signature is not None:
                 leader = shared.setdefault((pos, kws, signature), bound)
                 bound.leader = None if leader is bound else leader
+        buffers: dict[Any, TorchmetricBound] = {}  # leaders fed the same arguments buffer them once
+        for bound, pos, kws in calls:
+            if isinstance(bound, TorchmetricBound) and bound.leader is None and bound.coalesced:
+                bound.share_buffer(buffers.setdefault((pos, kws), bound))
 
     def _extract(self, outputs: Mapping[str, Any]) -> list[Any]:
         values = []

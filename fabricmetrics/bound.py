@@ -288,6 +288,8 @@ class TorchmetricBound(Bound):
         # update per flush; its logged batch values come from a scratch clone, updated once per step for a
         # leader and its followers.
         self._coalescer = Coalescer([self.metric], name=name) if eligible(self.metric) else None
+        self._buffers_steps = True  # False when another leader's buffer holds this one's steps
+        self._sharers: list[TorchmetricBound] = []  # the leaders whose steps this one's buffer holds
         self._flush_error: BaseException | None = None
         self._batch: Metric | None = None
         self._batch_inputs: tuple[Any, ...] = ()
@@ -321,7 +323,7 @@ class TorchmetricBound(Bound):
             if self.leader is None:
                 self.metric.update(*args, **kwargs)
             return None
-        if self.leader is None and accumulate:
+        if self.leader is None and accumulate and self._buffers_steps:
             self._coalescer.update(args, kwargs)
         return self._batch_value(args, kwargs) if log_step else None
 
@@ -354,12 +356,28 @@ class TorchmetricBound(Bound):
         if self._coalescer is not None:
             self._coalescer.flush()
 
+    @property
+    def coalesced(self) -> bool:
+        """Whether this metric's updates are coalesced (see :mod:`fabricmetrics._coalesce`)."""
+        return self._coalescer is not None
+
+    def share_buffer(self, owner: TorchmetricBound) -> None:
+        """Let ``owner``, a leader fed the same arguments, buffer this leader's steps: one copy for both."""
+        if owner is self or self._coalescer is None or owner._coalescer is None or not owner._buffers_steps:
+            return
+        if self._coalescer is not owner._coalescer:
+            owner._coalescer.join(self.metric, self.name)
+            self._coalescer = owner._coalescer
+            owner._sharers.append(self)
+        self._buffers_steps = False
+
     def summary(self) -> Any:
         """The name of the leader whose update serves this metric, or ``None`` (buffered updates run first)."""
         try:
             self.flush()
         except Exception as err:  # raised by value() on every rank, after the same collectives as the others'
-            self._flush_error = err
+            for bound in (self, *self._sharers):
+                bound._flush_error = err
         return None if self.leader is None else self.leader.name
 
     def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:

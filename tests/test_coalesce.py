@@ -489,14 +489,16 @@ def test_two_ranks_equal_per_step_updates_of_all_batches(tmp_path):
 
 
 def test_an_invalid_buffered_step_fails_the_epoch_with_the_metrics_error():
-    tracker = MetricsTracker({"acc": MulticlassAccuracy(C), "f1": MulticlassF1Score(C)})
+    tracker = MetricsTracker({"acc": MulticlassAccuracy(C, average="micro"), "f1": MulticlassF1Score(C)})
+    bounds = tracker._stage("train").bounds
     g = torch.Generator().manual_seed(12)
     refused = r"`acc`.*buffered step.*preds.shape\[1\].*HINT: its updates are coalesced"
     with pytest.raises(MetricError, match=refused), tracker.epoch("train"):
         for classes in (C, C, C + 1):  # the last step has one class too many: refused at the epoch end
             preds, target = torch.randn(6, classes, generator=g), torch.randint(0, C, (6,), generator=g)
             tracker.step("train", {"preds": preds, "target": target})
-    assert "acc/train" not in tracker.history
+            assert bounds["acc"]._coalescer is bounds["f1"]._coalescer  # one buffer for both updates
+    assert "acc/train" not in tracker.history and "f1/train" not in tracker.history
 
 
 def test_an_invalid_buffered_step_is_reported_at_its_flush():
