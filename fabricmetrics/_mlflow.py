@@ -39,7 +39,7 @@ except ImportError as err:  # pragma: no cover - exercised with mlflow hidden
         'HINT: pip install "fabricmetrics[mlflow]"'
     ) from err
 
-__all__ = ["MLFlowLogger", "read_mlflow_history"]
+__all__ = ["MLFlowLogger", "read_mlflow_history", "read_mlflow_runs"]
 
 _METRICS_PER_BATCH = 1000  # MLflow's limits on one log_batch call
 _PARAMS_PER_BATCH = 100
@@ -373,6 +373,35 @@ def read_mlflow_history(run_id: str, *, tracking_uri: str | None = None) -> Hist
             history.record({key: m.value}, int(m.step))
     history.source = f"MLflow run {run_id} in {client.tracking_uri}"
     return history
+
+
+def read_mlflow_runs(tracking_uri: str) -> dict[str, History]:
+    """Read every run of an MLflow store, by ``"{experiment}/{run name}"``, oldest first.
+
+    Args:
+        tracking_uri: the store, e.g. ``sqlite:///runs/demo/mlflow.db``.
+
+    Returns:
+        Run label → :func:`read_mlflow_history` of the run (a run name that repeats gets its id).
+
+    Raises:
+        ConfigurationError: the store holds no run.
+    """
+    client = MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    runs = client.search_runs(list(experiments), order_by=["attributes.start_time ASC"]) if experiments else []
+    if not runs:
+        raise ConfigurationError(
+            f"The MLflow store {tracking_uri} holds no run. HINT: pass the store the runs were logged to "
+            "(fabricmetrics demo --logger mlflow writes OUT/mlflow.db)."
+        )
+    labels = [f"{experiments[r.info.experiment_id]}/{r.info.run_name or r.info.run_id}" for r in runs]
+    return {
+        (label if labels.count(label) == 1 else f"{label} ({run.info.run_id[:8]})"): read_mlflow_history(
+            run.info.run_id, tracking_uri=tracking_uri
+        )
+        for label, run in zip(labels, runs, strict=True)
+    }
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

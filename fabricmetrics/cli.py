@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fabricmetrics import __version__
-from fabricmetrics.exceptions import FabricMetricsError
+from fabricmetrics.exceptions import FabricMetricsError, LogDirectoryError
 
 __all__ = ["main"]
 
@@ -98,7 +98,8 @@ def _add_plot(subcommands: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="RUN_DIR",
         help="the run's log folder (ROOT/NAME/version_N), a folder above it (one run: its latest version is "
-        "drawn; several runs: all of them, together), or a metrics.csv file",
+        "drawn; several runs: all of them, together), a metrics.csv file, or an MLflow store's mlflow.db (all "
+        "its runs, together; needs the [mlflow] extra)",
     )
     parser.add_argument(
         "-o", "--output", type=Path, metavar="FILE.png", help="where to write the PNG (default: RUN_DIR/metrics.png)"
@@ -130,6 +131,8 @@ def _plot(args: argparse.Namespace) -> int:
 
     folder = args.run_dir.parent if args.run_dir.is_file() else args.run_dir
     output = args.output if args.output is not None else folder / "metrics.png"
+    if args.run_dir.suffix == ".db":  # an MLflow store: every run in it
+        return _plot_mlflow(args, output)
     runs = _runs_under(args.run_dir)
     if len(runs) > 1:
         from fabricmetrics.plotting import plot_runs
@@ -149,6 +152,24 @@ def _plot(args: argparse.Namespace) -> int:
         args.run_dir,
         output.parent / "embedding_maps.png" if default else output.with_name(f"{output.stem}_embedding_maps.png"),
     )
+    return 0
+
+
+def _plot_mlflow(args: argparse.Namespace, output: Path) -> int:
+    """Draw every run of an MLflow SQLite store (``fabricmetrics demo --logger mlflow`` writes OUT/mlflow.db)."""
+    import matplotlib.pyplot as plt
+
+    from fabricmetrics.loggers import read_mlflow_runs
+    from fabricmetrics.plotting import plot_runs
+
+    if not args.run_dir.is_file():
+        raise LogDirectoryError(
+            f"{args.run_dir} does not exist. HINT: pass the mlflow.db file the runs were logged to."
+        )
+    uri = f"sqlite:///{args.run_dir.resolve()}"
+    histories = read_mlflow_runs(uri)
+    plt.close(plot_runs(histories, args.keys, title=args.title, path=output))
+    print(f"Read {len(histories)} MLflow runs from {uri} ({', '.join(histories)}); wrote {output}")
     return 0
 
 

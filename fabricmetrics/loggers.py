@@ -52,6 +52,7 @@ __all__ = [
 _OPTIONAL = {
     "MLFlowLogger": ("fabricmetrics._mlflow", "mlflow"),
     "read_mlflow_history": ("fabricmetrics._mlflow", "mlflow"),
+    "read_mlflow_runs": ("fabricmetrics._mlflow", "mlflow"),
     "WandbLogger": ("fabricmetrics._wandb", "wandb"),
 }
 

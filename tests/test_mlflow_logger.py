@@ -377,3 +377,22 @@ def test_the_demo_logs_to_an_mlflow_database(tmp_path, _empty_store, capsys):
         csv_history = History.from_run(out / name / "version_0")
         assert _points(client, run_id, key) == csv_history[key] and len(csv_history[key]) == 1
         assert read_mlflow_history(run_id, tracking_uri=uri).keys() == csv_history.keys()
+
+
+def test_fabricmetrics_plot_draws_every_run_of_a_store(tracking_uri, tmp_path):
+    from fabricmetrics.cli import main
+    from fabricmetrics.loggers import read_mlflow_runs
+
+    for name, scale in (("small", 0.5), ("large", 2.0)):
+        logger = MLFlowLogger("exp", run_name=name, tracking_uri=tracking_uri)
+        for step in (1, 2, 3):
+            logger.log_metrics({"loss/train": scale * step}, step=step)
+        logger.finalize("success")
+    runs = read_mlflow_runs(tracking_uri)
+    assert list(runs) == ["exp/small", "exp/large"]  # oldest first
+    assert runs["exp/large"]["loss/train"] == [(1, 2.0), (2, 4.0), (3, 6.0)]
+    out = tmp_path / "runs.png"
+    assert main(["plot", str(tmp_path / "mlflow.db"), "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+    with pytest.raises(ConfigurationError, match="holds no run"):
+        read_mlflow_runs(f"sqlite:///{tmp_path / 'empty.db'}")
