@@ -15,10 +15,15 @@ This is exact only when ``update`` on the rows of several batches produces the s
 2. **The update is row-additive**: the contribution of a batch is the sum of the contributions of its
    rows. The declared states cannot tell this: a metric that counts its ``update`` calls in an
    integer sum state has integer sums and is not row-additive. So eligibility also needs an update
-   whose code is known to be row-additive: the update of one of the torchmetrics classes in
-   :data:`_ROW_ADDITIVE` (stat scores, confusion matrices, exact match: argmax or top-k per row,
+   whose code is known to be row-additive: the update of one of the torchmetrics classes listed in
+   ``_row_additive()`` (stat scores, confusion matrices, exact match: argmax or top-k per row,
    bincounts, sums), unchanged (a subclass that overrides ``update`` or an ``_update*`` method is not
-   eligible). The argument check of each known update is a pure function of the step's inputs.
+   eligible).
+
+The argument checks of these updates (``validate_args``) only raise: a step that one update per step
+would refuse is refused by the coalesced update too, reported when its buffer is flushed. Their
+count of distinct labels runs over all the buffered rows, so labels out of range spread over several
+steps may be refused together where one update per step let each through; valid labels never are.
 
 Some formats decide per call: a binary or multilabel metric applies a sigmoid to float ``preds`` when
 *any* value of the call lies outside [0, 1], so a batch of probabilities buffered with a batch of
