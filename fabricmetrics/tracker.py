@@ -24,7 +24,15 @@ from fabricmetrics.exceptions import (
     warn,
 )
 from fabricmetrics.history import History
-from fabricmetrics.loggers import CSVLogger, Logger, close_loggers, flush_loggers, open_loggers, resume_loggers
+from fabricmetrics.loggers import (
+    CSVLogger,
+    Logger,
+    close_loggers,
+    describe_log_error,
+    flush_loggers,
+    open_loggers,
+    resume_loggers,
+)
 from fabricmetrics.needs import name_metrics, parse_needs
 from fabricmetrics.progress import ProgressDisplay
 from fabricmetrics.schedule import Schedule, default_schedule
@@ -498,6 +506,8 @@ class MetricsTracker(CallbackHooks):
         """
         if not values or not self._collectives().is_main:
             return
+        if self._exit_flush is None:  # without `with tracker:` / open(): one version_N, rows flushed at exit
+            self._exit_flush = open_loggers(self.loggers, owner=self, check=False)
         step = self.global_step if step is None else step
         if check_finite:
             new = [f"`{k}` = {v}" for k, v in values.items() if not math.isfinite(v) and f"nan:{k}" not in self._warned]
@@ -511,8 +521,8 @@ class MetricsTracker(CallbackHooks):
             except Exception as err:
                 self._warn_once(
                     f"logger:{id(logger)}",
-                    f"{type(logger).__name__}.log_metrics failed ({type(err).__name__}: {err}); the history and the "
-                    "other loggers keep going. This warning is shown once per logger.",
+                    f"{type(logger).__name__}.log_metrics failed ({describe_log_error(err, logger)}); the history "
+                    "and the other loggers keep going. This warning is shown once per logger.",
                 )
 
     def _claim(self, values: Mapping[str, float], origin: tuple[str, str]) -> None:
