@@ -174,7 +174,7 @@ def test_class_validation() -> None:
     accuracy.update(z1, z2)
     with pytest.raises(InputError, match=r"ContrastiveAccuracy.update\(\) got 2 features"):
         accuracy.update(z1[:, :2], z2[:, :2])
-    with pytest.raises(InputError, match="`topk` must be an integer >= 1, got 0"):
+    with pytest.raises(InputError, match="`topk` must be a positive int, got 0"):
         ContrastiveAccuracy(topk=0)
     with pytest.raises(InputError, match="`t` must be a finite number > 0"):
         Uniformity(t=-1)
@@ -182,7 +182,7 @@ def test_class_validation() -> None:
         Alignment(alpha=0)
     with pytest.raises(InputError, match="`eps` must be a finite number > 0"):
         EffectiveRank(eps=0.0)
-    with pytest.raises(InputError, match="`chunk_size` must be an integer >= 1"):
+    with pytest.raises(InputError, match="`chunk_size` must be a positive int"):
         Uniformity(chunk_size=0)
 
 

@@ -310,7 +310,7 @@ def test_sample_counts() -> None:
 
 @pytest.mark.parametrize("topk", [0, -1, 1.5, True, "1"])
 def test_topk_must_be_a_positive_integer(topk: object) -> None:
-    with pytest.raises(InputError, match="`topk` must be an integer >= 1, got"):
+    with pytest.raises(InputError, match="`topk` must be a positive int, got"):
         contrastive_accuracy_score(np.ones((3, 2)), np.ones((3, 2)), topk=topk)  # type: ignore[arg-type]
 
 
@@ -325,9 +325,9 @@ def test_scales_must_be_positive(value: object) -> None:
 
 
 def test_block_options_are_checked() -> None:
-    with pytest.raises(InputError, match="`chunk_size` must be an integer >= 1, got 0"):
+    with pytest.raises(InputError, match="`chunk_size` must be a positive int, got 0"):
         uniformity_score(np.ones((3, 2)), chunk_size=0)
-    with pytest.raises(InputError, match="`memory_budget_bytes` must be an integer >= 1, got 0"):
+    with pytest.raises(InputError, match="`memory_budget_bytes` must be a positive int, got 0"):
         contrastive_accuracy_score(np.ones((3, 2)), np.ones((3, 2)), memory_budget_bytes=0)
 
 

@@ -181,7 +181,7 @@ def test_two_ranks_equal_one_rank_and_failures_reach_every_rank(tmp_path):
     assert errors1["extraction on rank 1"] == ("RuntimeError", "corrupt batch on rank 1")
     assert errors0["extraction on rank 1"] == (
         "DistributedError",
-        "Rank 1 failed while embedding the probing data: RuntimeError: corrupt batch on rank 1",
+        "Rank 1 failed while embedding the probing data: RuntimeError: corrupt batch on rank 1.",
     )
     assert errors0["wrong target kind"] == errors1["wrong target kind"]
     assert errors0["wrong target kind"][0] == "ConfigurationError"

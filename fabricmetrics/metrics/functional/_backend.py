@@ -13,12 +13,13 @@ to one common dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Real
 from typing import TypeAlias, cast
 
 import numpy as np
 import torch
 
+from fabricmetrics._validate import check_int
 from fabricmetrics.exceptions import InputError, InputTypeError
 
 __all__ = [
@@ -167,8 +168,7 @@ def check_positive_int(name: str, value: int) -> None:
     Raises:
         InputError: it is not.
     """
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InputError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    check_int(value, f"`{name}`", minimum=1, error=InputError)
 
 
 def check_rows_per_block(chunk_size: int | None, memory_budget_bytes: int) -> None:
