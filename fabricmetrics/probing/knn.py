@@ -175,8 +175,9 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
             return votes
         # Sharded: in each round every rank contributes up to `chunk` queries; all of them are
         # matched against every bank shard, and each rank merges the candidates of its own queries.
-        chunk = max(1, budget_rows // coll.world_size)
-        n_rounds = math.ceil(max(coll.all_gather_object(queries.shape[0])) / chunk)
+        most = max(coll.all_gather_object(queries.shape[0]))
+        chunk = max(1, min(budget_rows // coll.world_size, most))  # no block larger than the queries need
+        n_rounds = math.ceil(most / chunk)
         block = queries.new_empty(chunk * coll.world_size, bank.shape[0])
         for start in range(0, n_rounds * chunk, chunk):
             blocks = coll.all_gather_list(queries[start : start + chunk])
