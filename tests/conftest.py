@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 from collections.abc import Iterator
@@ -76,3 +77,21 @@ class RecordingLogger(Logger):
 @pytest.fixture
 def recording_logger() -> Iterator[RecordingLogger]:
     yield RecordingLogger()
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+@pytest.fixture
+def sync_calls(monkeypatch):
+    """Count calls of the Tensor methods that copy data to the host."""
+    counts: collections.Counter[str] = collections.Counter()
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, __original=original, __name=name, **kwargs):
+            counts[__name] += 1
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return counts

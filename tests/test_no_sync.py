@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import collections
-
 import pytest
-import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fabricmetrics import MetricsTracker, Schedule
 from tests.conftest import classification_batches
-
-SYNCING = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
-
-
-@pytest.fixture
-def sync_calls(monkeypatch):
-    """Count calls of the Tensor methods that copy data to the host."""
-    counts: collections.Counter[str] = collections.Counter()
-    for name in SYNCING:
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, __original=original, __name=name, **kwargs):
-            counts[__name] += 1
-            return __original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
-    return counts
 
 
 def alignment(z1, z2):
