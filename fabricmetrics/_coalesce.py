@@ -172,7 +172,7 @@ class Coalescer:
     """
 
     def __init__(
-        self, metrics: Sequence[Metric], *, max_steps: int = 32, max_bytes: int = 16 * 2**20, name: str = "metric"
+        self, metrics: Sequence[Metric], *, max_steps: int = 128, max_bytes: int = 16 * 2**20, name: str = "metric"
     ) -> None:
         """Bind the metrics; buffers are allocated by the first step that can be buffered."""
         self.metrics: list[Metric] = []
