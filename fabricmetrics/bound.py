@@ -617,8 +617,14 @@ class ExactBound(_CallableBound):
 
     def reduce(self, reduction: Reduction, summaries: list[Any]) -> None:
         """Ask for the gather of the sources this metric needs."""
-        plans = [plan for plan in summaries if plan is not None]
-        self._agreed = plans[0] if plans else None
+        plans = [(rank, plan) for rank, plan in enumerate(summaries) if plan is not None]
+        if len({plan for _, plan in plans}) > 1:  # every rank sees the same summaries: all raise alike
+            raise OutputsError(
+                f"Metric `{self.name}` of stage `{reduction.stage}` takes its arguments from other outputs on "
+                f"different ranks (positions among the collected arguments per rank: {plans}), so its samples "
+                "cannot be gathered. HINT: give every rank the same needs= and return the same output keys."
+            )
+        self._agreed = plans[0][1] if plans else None
         if self._agreed is not None:
             positional, keywords = self._agreed
             reduction.want_sources([*positional, *(j for _, j in keywords)])

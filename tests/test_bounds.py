@@ -274,6 +274,15 @@ def test_exact_bound_computes_once_on_the_gathered_sources():
     assert end_epoch(ExactBound("acc", accuracy_score), LocalCollectives(), summaries=[None]) == {}
 
 
+def test_exact_bound_refuses_arguments_planned_differently_on_other_ranks():
+    bound = ExactBound("acc", accuracy_score)
+    reduction = Reduction(MirrorCollectives(), no_sources, "val")
+    with pytest.raises(OutputsError, match=r"Metric `acc` of stage `val` takes its arguments from other outputs"):
+        bound.reduce(reduction, [((0, 1), ()), ((1, 0), ())])
+    bound.reduce(reduction, [((0, 1), ()), None])  # a rank that never stepped has no plan: the others' is taken
+    assert bound._agreed == ((0, 1), ())
+
+
 def test_exact_bound_step_checks_rows_and_returns_the_batch_value():
     bound = ExactBound("acc", accuracy_score)
     bound.labels = ["'y_true'", "'y_pred'"]
