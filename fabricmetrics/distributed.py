@@ -35,6 +35,7 @@ __all__ = [
     "FabricCollectives",
     "LocalCollectives",
     "TorchCollectives",
+    "length_of",
     "loader_sampler",
     "num_samples_of",
     "rank_positions",
@@ -511,9 +512,17 @@ def num_samples_of(loader: Any) -> int | None:
     """
     sampler = loader_sampler(loader)
     if isinstance(sampler, torch.utils.data.DistributedSampler):
-        sized: Any = sampler.dataset
-    else:
-        sized = sampler if sampler is not None else getattr(loader, "dataset", None)
+        return length_of(sampler.dataset)
+    return length_of(sampler if sampler is not None else getattr(loader, "dataset", None))
+
+
+def length_of(sized: Any) -> int | None:
+    """``len(sized)``, or ``None`` for ``None`` and objects without a length (an iterable data set).
+
+    Example:
+        >>> length_of([1, 2]), length_of(None), length_of(iter([1]))
+        (2, None, None)
+    """
     try:
         return len(sized)
     except TypeError:

@@ -16,7 +16,7 @@ from fabricmetrics._stage import EpochOutcome, Stage
 from fabricmetrics._validate import check_int
 from fabricmetrics._values import check_unique, flatten_value, to_floats
 from fabricmetrics.bound import update_signature
-from fabricmetrics.distributed import Collectives, num_samples_of, resolve_collectives
+from fabricmetrics.distributed import Collectives, length_of, num_samples_of, resolve_collectives
 from fabricmetrics.exceptions import (
     ConfigurationError,
     OutputsTypeError,
@@ -305,7 +305,7 @@ class MetricsTracker(CallbackHooks):
         """
         if loader is not None:
             num_samples = num_samples_of(loader) if num_samples is None else num_samples
-            total = _length(loader) if total is None else total
+            total = length_of(loader) if total is None else total
         record = self._begin_epoch(stage, num_samples, total)
         try:
             yield record
@@ -600,13 +600,6 @@ def _check_stage_name(name: Any, stages: list[str]) -> None:
                 f"Stage {epoch_stage!r} would log its epoch values under the keys of the step values of stage "
                 f"{step_stage!r} (`{{metric}}/{epoch_stage}`). HINT: rename stage {epoch_stage!r}."
             )
-
-
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None
 
 
 def _check_history_state(history: Any, hint: str) -> None:

@@ -25,7 +25,7 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
 
-from fabricmetrics.distributed import loader_sampler, rank_positions
+from fabricmetrics.distributed import length_of, loader_sampler, rank_positions
 from fabricmetrics.exceptions import ConfigurationError
 
 __all__ = [
@@ -113,15 +113,6 @@ class ShardLayout:
         return np.arange(start, start + count, dtype=np.int64)
 
 
-def _length(dataset: Any) -> int | None:
-    if dataset is None:
-        return None
-    try:
-        return len(dataset)
-    except TypeError:
-        return None
-
-
 def shard_layout(loader: Iterable[Any], world_size: int, rank: int) -> ShardLayout:
     """The :class:`ShardLayout` of ``loader`` on ``rank`` of ``world_size``.
 
@@ -152,7 +143,7 @@ def shard_layout(loader: Iterable[Any], world_size: int, rank: int) -> ShardLayo
     if isinstance(sampler, DistributedSampler):
         return ShardLayout("distributed", len(sampler.dataset), int(sampler.num_replicas), int(sampler.rank))  # type: ignore[arg-type]
     dataset = getattr(loader, "dataset", None)
-    length = None if isinstance(dataset, IterableDataset) else _length(dataset)
+    length = None if isinstance(dataset, IterableDataset) else length_of(dataset)
     covers = isinstance(sampler, SequentialSampler | RandomSampler) and length is not None and len(sampler) == length
     if world_size == 1 or covers:
         return ShardLayout("whole", length)
