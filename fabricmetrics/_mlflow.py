@@ -103,7 +103,6 @@ class MLFlowLogger(Logger):
         self._tracking_uri = tracking_uri
         self._run_name = run_name
         self._run_id = run_id
-        self._explicit_run_id = run_id
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self._artifact_location = artifact_location
         self._client: MlflowClient | None = None
