@@ -28,6 +28,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
 from fabricmetrics.exceptions import ConfigurationError
 from fabricmetrics.history import History
+from fabricmetrics.loggers import flatten_params
 
 try:
     from mlflow import MlflowClient
@@ -192,7 +193,7 @@ class MLFlowLogger(Logger):
             ConfigurationError: the run already holds some of these params with other values
                 (nothing is written then).
         """
-        flat = _flatten(vars(params) if isinstance(params, Namespace) else dict(params))
+        flat = flatten_params(params)
         client = self.experiment
         held = client.get_run(str(self._run_id)).data.params
         new, changed = [], []
@@ -401,17 +402,6 @@ def read_mlflow_runs(tracking_uri: str) -> dict[str, History]:
         )
         for label, run in zip(labels, runs, strict=True)
     }
-
-
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

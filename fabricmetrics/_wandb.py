@@ -22,6 +22,7 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 
 from fabricmetrics.exceptions import ConfigurationError
+from fabricmetrics.loggers import flatten_params
 
 try:
     import wandb
@@ -140,7 +141,7 @@ class WandbLogger(Logger):
         Raises:
             ConfigurationError: the config holds some of these keys with other values (nothing is written).
         """
-        flat = _flatten(vars(params) if isinstance(params, Namespace) else dict(params))
+        flat = flatten_params(params)
         config = self.experiment.config
         changed = [f"`{k}`: {config[k]!r} logged, {v!r} now" for k, v in flat.items() if k in config and config[k] != v]
         if changed:
@@ -207,13 +208,3 @@ class WandbLogger(Logger):
         """
         self._resume_step = int(step)
         self._latest_step = int(step)
-
-
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -24,6 +24,7 @@ import contextlib
 import os
 import tempfile
 import weakref
+from argparse import Namespace
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -318,6 +319,26 @@ def describe_log_error(err: BaseException, logger: Logger | None = None) -> str:
             "in the event file, the later ones only in the history"
         )
     return text
+
+
+def flatten_params(params: Mapping[str, Any] | Namespace) -> dict[str, Any]:
+    """Hyper-parameters as one flat mapping, nested dicts joined with ``/`` (for MLflow params and W&B config).
+
+    Example:
+        >>> flatten_params({"lr": 0.1, "optimizer": {"name": "sgd", "betas": {}}})
+        {'lr': 0.1, 'optimizer/name': 'sgd', 'optimizer/betas': {}}
+    """
+    return _flatten(vars(params) if isinstance(params, Namespace) else dict(params))
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_writable(logger: Logger) -> None:
