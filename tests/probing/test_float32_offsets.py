@@ -104,6 +104,30 @@ def test_knn_probe_temperature_weights_far_from_the_origin(offset: float) -> Non
     np.testing.assert_allclose(proba, votes / votes.sum(axis=1, keepdims=True), atol=1e-5)
 
 
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_knn_probe_cosine_temperature_weights_far_from_the_origin(offset: float) -> None:
+    X = _shifted(offset, 1500, 16, seed=4)
+    y = np.random.default_rng(5).integers(0, 5, 1500)
+    unit = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    sims = unit[1000:] @ unit[:1000].T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :8]
+    top = np.take_along_axis(sims, order, axis=1)
+    # Rows sharing an offset have cosines within ~1e-7 of each other at 1000: a temperature of the
+    # order of the gaps between a query's neighbours, so that every one of the 7 weighs.
+    temperature = float(np.median(top[:, 0] - top[:, 6]))
+    probe = KNNProbe(k=7, temperature=temperature).fit(X[:1000], y[:1000])
+    weights = np.exp((top[:, :7] - top[:, :1]) / temperature)
+    votes = np.zeros((500, 5))
+    np.add.at(votes, (np.arange(500)[:, None], y[:1000][order[:, :7]]), weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proba = probe.predict_proba(X[1000:])
+    # Where the 7th and 8th neighbours are tied to float32's resolution of the centred bank, either may be taken.
+    untied = top[:, 6] - top[:, 7] > 1e-3 * temperature
+    assert untied.sum() >= 490
+    np.testing.assert_allclose(proba[untied], (votes / votes.sum(axis=1, keepdims=True))[untied], atol=1e-4)
+
+
 def test_knn_probe_integer_features_are_the_same_at_every_offset() -> None:
     # Small integers + 1000 are exact in float32, and so are the bank rows once centred (the centre
     # is rounded to a short number): equal distances stay ties, broken the same way at every offset.
