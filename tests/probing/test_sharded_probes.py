@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
 
 from fabricmetrics.distributed import TorchCollectives
 from fabricmetrics.probing import KNNProbe, LinearProbe, RidgeProbe
@@ -75,6 +78,27 @@ def _sharded_results(rank: int) -> dict[str, Any]:
         "linear32_coef": linear32.coef_,
         "ridge_coef": ridge.coef_,
         "ridge_score": ridge.score(X, target),
+        **_far_from_the_origin(X, y, target, Xq),
+    }
+
+
+OFFSET = 1000.0  # float32 embeddings sharing a large offset: every product must run on centred rows
+
+
+def _far_from_the_origin(X: np.ndarray, y: np.ndarray, target: np.ndarray, Xq: np.ndarray) -> dict[str, Any]:
+    """float32 sharded probes on ``OFFSET + X``, compared with float64 scikit-learn on the same values."""
+    Xo, Xqo, to = X + np.float32(OFFSET), Xq + np.float32(OFFSET), (target + 10 * OFFSET).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float32 may stop at its precision
+        linear = LinearProbe(tol=1e-5, max_iter=300, sharded=True).fit(Xo, y)
+    return {
+        "far_knn_cosine_proba": KNNProbe(k=10, temperature=None, sharded=True).fit(Xo, y).predict_proba(Xqo),
+        "far_knn_euclidean_proba": KNNProbe(k=10, temperature=None, metric="euclidean", sharded=True)
+        .fit(Xo, y)
+        .predict_proba(Xqo),
+        "far_linear_coef": linear.coef_,
+        "far_linear_proba": linear.predict_proba(Xqo),
+        "far_ridge_pred": RidgeProbe(alpha=2.0, sharded=True).fit(Xo, to).predict(Xqo),
     }
 
 
@@ -133,6 +157,25 @@ def test_sharded_probes_equal_single_process(ranks: list[dict[str, Any]]) -> Non
     ridge = RidgeProbe(alpha=2.0).fit(d["X"], d["target"])
     np.testing.assert_allclose(ranks[1]["ridge_coef"], ridge.coef_, rtol=1e-4, atol=1e-5)
     assert ranks[1]["ridge_score"] == pytest.approx(ridge.score(d["X"], d["target"]), abs=1e-6)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
+def test_sharded_float32_probes_far_from_the_origin_match_scikit_learn(ranks: list[dict[str, Any]]) -> None:
+    d = _data()
+    X, Xq = (d["X"] + np.float32(OFFSET)).astype(np.float64), (d["Xq"] + np.float32(OFFSET)).astype(np.float64)
+    for metric in ("cosine", "euclidean"):
+        ref = KNeighborsClassifier(10, metric=metric, algorithm="brute").fit(X, d["y"])
+        np.testing.assert_allclose(ranks[0][f"far_knn_{metric}_proba"], ref.predict_proba(Xq), atol=1e-6)
+    scaler = StandardScaler().fit(X)
+    logistic = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(scaler.transform(X), d["y"])
+    for r in range(WORLD):
+        np.testing.assert_array_equal(ranks[r]["far_linear_coef"], ranks[0]["far_linear_coef"])
+    np.testing.assert_allclose(ranks[0]["far_linear_proba"], logistic.predict_proba(scaler.transform(Xq)), atol=5e-3)
+    np.testing.assert_allclose(ranks[0]["far_linear_coef"] * scaler.scale_, logistic.coef_, rtol=1e-2, atol=1e-2)
+    ridge = Ridge(alpha=2.0).fit(scaler.transform(X), (d["target"] + 10 * OFFSET).astype(np.float32).astype(np.float64))
+    # Residuals have a standard deviation of about 1: predictions agree to float32 accuracy of targets near 1e4.
+    np.testing.assert_allclose(ranks[0]["far_ridge_pred"], ridge.predict(scaler.transform(Xq)), rtol=0, atol=5e-3)
 
 
 @pytest.mark.distributed
