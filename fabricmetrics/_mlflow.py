@@ -25,20 +25,13 @@ from urllib.parse import unquote, urlparse
 from lightning_fabric.loggers import Logger
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from lightning_fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from mlflow import MlflowClient  # without it, fabricmetrics.loggers.MLFlowLogger names the extra to install
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 
 from fabricmetrics.exceptions import ConfigurationError
 from fabricmetrics.history import History
 from fabricmetrics.loggers import flatten_params
-
-try:
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-    from mlflow.exceptions import MlflowException
-except ImportError as err:  # pragma: no cover - exercised with mlflow hidden
-    raise ImportError(
-        f"MLFlowLogger needs the `mlflow` package, which is not installed ({err}). "
-        'HINT: pip install "fabricmetrics[mlflow]"'
-    ) from err
 
 __all__ = ["MLFlowLogger", "read_mlflow_history", "read_mlflow_runs"]
 

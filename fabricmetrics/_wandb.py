@@ -17,20 +17,13 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import wandb  # without it, fabricmetrics.loggers.WandbLogger names the extra to install
 from lightning_fabric.loggers import Logger
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 
 from fabricmetrics.exceptions import ConfigurationError
 from fabricmetrics.loggers import flatten_params
-
-try:
-    import wandb
-except ImportError as err:  # pragma: no cover - exercised with wandb hidden
-    raise ImportError(
-        f"WandbLogger needs the `wandb` package, which is not installed ({err}). "
-        'HINT: pip install "fabricmetrics[wandb]"'
-    ) from err
 
 __all__ = ["WandbLogger"]
 
