@@ -378,3 +378,12 @@ def test_float32_effective_rank_far_from_the_origin(offset: float) -> None:
     # The SVD of the raw rows is backward stable: no centring needed (and RankMe is defined uncentred).
     z, _ = shifted_views(offset)
     assert float(effective_rank(z)) == pytest.approx(ref_effective_rank(z), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("topk", [1, 5])
+def test_contrastive_accuracy_of_non_finite_embeddings_is_nan(bad: float, topk: int) -> None:
+    z1, z2 = shifted_views(0.0, n=5, d=3)
+    z2[2, 1] = bad  # centring spreads it to every row: NaN, not a plausible score
+    assert math.isnan(float(contrastive_accuracy_score(z1, z2, topk=topk)))
+    assert math.isnan(float(contrastive_accuracy_score(torch.from_numpy(z2), torch.from_numpy(z1), topk=topk)))

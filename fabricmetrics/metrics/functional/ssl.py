@@ -227,7 +227,8 @@ def contrastive_accuracy_score(
         memory_budget_bytes: bound on the temporary block buffers (default 256 MiB).
 
     Returns:
-        0-d tensor (tensor inputs) or NumPy scalar (NumPy inputs), in ``[0, 1]``.
+        0-d tensor (tensor inputs) or NumPy scalar (NumPy inputs), in ``[0, 1]``; NaN when an input
+        holds NaN or infinity.
 
     Raises:
         InputError: shapes differ, an input is not 2-D or is empty, or an option is out of range.
@@ -251,10 +252,14 @@ def contrastive_accuracy_score(
     check_rows_per_block(chunk_size, memory_budget_bytes)
     n = t1.shape[0]
     if topk >= n:  # every positive is among the n candidates of its row
-        return from_torch(torch.ones((), dtype=t1.dtype, device=t1.device), to_numpy)
-    rows = rows_per_block(n, n, t1.element_size(), RETRIEVAL_BUFFERS, chunk_size, memory_budget_bytes)
-    hits = retrieval_hits(*retrieval_operands(t1, t2, normalize), int(topk), rows)
-    return from_torch(hits.to(t1.dtype) / (2 * n), to_numpy)
+        score = torch.ones((), dtype=t1.dtype, device=t1.device)
+    else:
+        rows = rows_per_block(n, n, t1.element_size(), RETRIEVAL_BUFFERS, chunk_size, memory_budget_bytes)
+        hits = retrieval_hits(*retrieval_operands(t1, t2, normalize), int(topk), rows)
+        score = hits.to(t1.dtype) / (2 * n)
+    # A NaN or infinite entry spreads through the centring to every rank: NaN, not a plausible score.
+    finite = torch.isfinite(t1).all() & torch.isfinite(t2).all()
+    return from_torch(torch.where(finite, score, torch.nan), to_numpy)
 
 
 @overload
