@@ -174,8 +174,9 @@ class MLFlowLogger(Logger):
         """Write hyper-parameters as MLflow params, once per run.
 
         Nested dicts are flattened with ``/`` (``{"opt": {"lr": 0.1}}`` → ``opt/lr``); values are
-        written as text. A param the run already holds with the same value is skipped (so a resumed
-        job may log its params again); a different value is refused, as MLflow refuses it.
+        written as text, cut to MLflow's 6000 characters (with a warning naming the params cut). A
+        param the run already holds with the same value is skipped (so a resumed job may log its
+        params again); a different value is refused, as MLflow refuses it.
 
         Args:
             params: a mapping or an ``argparse.Namespace``.
@@ -189,11 +190,14 @@ class MLFlowLogger(Logger):
         flat = flatten_params(params)
         client = self.experiment
         held = client.get_run(str(self._run_id)).data.params
-        new, changed = [], []
+        new, changed, cut = [], [], []
         for key, raw in flat.items():
-            name, value = self._metric_name(key), str(raw)[:_PARAM_LENGTH]
+            name, text = self._metric_name(key), str(raw)
+            value = text[:_PARAM_LENGTH]
             if name not in held:
                 new.append(Param(name, value))
+                if len(text) > _PARAM_LENGTH:
+                    cut.append(f"`{name}` ({len(text)} characters)")
             elif held[name] != value:
                 changed.append(f"`{name}`: {held[name]!r} logged, {value!r} now")
         if changed:
@@ -201,6 +205,11 @@ class MLFlowLogger(Logger):
                 f"MLflow run {self._run_id} already holds params with other values ({'; '.join(changed)}); "
                 "MLflow writes a param once per run. HINT: log values that change as metrics, or start a new "
                 "run (an MLFlowLogger without run_id and without a checkpoint's state)."
+            )
+        if cut:
+            rank_zero_warn(
+                f"MLflow keeps at most {_PARAM_LENGTH} characters of a param value; the values of {', '.join(cut)} "
+                "are written cut to that length. HINT: log long values (a whole config) as an artifact instead."
             )
         for chunk in _chunks(new, _PARAMS_PER_BATCH):
             client.log_batch(str(self._run_id), params=chunk)
