@@ -110,7 +110,6 @@ class CSVLogger(_FabricCSVLogger):
         self._resume: tuple[int, int | None] | None = None
         # (largest step logged so far, rows logged at it; None when unknown), for checkpoints
         self._latest: tuple[int, int | None] | None = None
-        self._exit_flush: weakref.finalize | None = None
         self._save_at = max(1, int(self._flush_logs_every_n_steps))  # pending rows that trigger a save
 
     @rank_zero_only
@@ -169,7 +168,7 @@ class CSVLogger(_FabricCSVLogger):
             writer = DurableWriter(self.log_dir, self._resume)
             self._experiment = writer
             # rows logged after the last flush reach the file when the process exits normally
-            self._exit_flush = weakref.finalize(self, _save_quietly, writer)
+            weakref.finalize(self, _save_quietly, writer)
         return self._experiment
 
 
