@@ -333,8 +333,7 @@ def _project(x: np.ndarray, method: MapMethod, random_state: int) -> tuple[np.nd
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    n, d = x.shape
+    n, d = x.shape  # float64, 2-D (project_2d)
     out = np.zeros((n, 2), dtype=np.float32)
     k = min(2, n, d)
     if k == 0 or not np.ptp(x, axis=0).any():
