@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from fabricmetrics.metrics.functional._backend import normalize_rows
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "RETRIEVAL_BUFFERS",
@@ -38,8 +40,6 @@ __all__ = [
     "rows_per_block",
     "uniformity_log_mean",
 ]
-
-_NORM_EPS = 1e-12  # as in _backend.normalize_rows: rows of smaller norm stay (almost) zero
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 """Default bound, in bytes, on the temporary blocks of the pairwise metrics (256 MiB)."""
@@ -92,10 +92,7 @@ def _centre(wide: torch.Tensor) -> torch.Tensor:
 
 def _wide_rows(z: torch.Tensor, normalize: bool) -> torch.Tensor:
     """``z`` in float64, each row divided by its L2 norm if asked (rows of norm 0 stay 0)."""
-    wide = z.to(torch.float64)
-    if normalize:
-        wide = wide / torch.linalg.vector_norm(wide, dim=1, keepdim=True).clamp_min(_NORM_EPS)
-    return wide
+    return normalize_rows(z.to(torch.float64), normalize)
 
 
 def centred_rows(z: torch.Tensor, normalize: bool) -> torch.Tensor:
