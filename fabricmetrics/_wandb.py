@@ -104,6 +104,7 @@ class WandbLogger(Logger):
             elif self._id is not None:
                 kwargs.update(id=self._id, resume="allow")
             self._run = wandb.init(**kwargs, **self._init_kwargs)
+            self._resume_step = None  # rewound once: a run reopened after finalize keeps what this job logged
             self._id = str(self._run.id)
         return self._run
 
