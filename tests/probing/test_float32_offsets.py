@@ -73,6 +73,23 @@ def test_linear_probe_on_digits_far_from_the_origin(offset: float) -> None:
     np.testing.assert_allclose(probe.predict_proba(X), ref.predict_proba(Xs), atol=5e-3)
 
 
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_linear_probe_on_raw_features_far_from_the_origin(offset: float) -> None:
+    # standardize=False: the products still run on centred features, the weights fold back to raw ones.
+    rng = np.random.default_rng(7)
+    Z = rng.normal(size=(2000, 16))
+    y = (Z @ rng.normal(size=(16, 3)) + rng.normal(size=(2000, 3))).argmax(axis=1)
+    X = (offset + Z).astype(np.float32)
+    X64 = X.astype(np.float64)
+    ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000, solver="newton-cholesky").fit(X64, y)
+    probe = LinearProbe(C=1.0, standardize=False, tol=1e-5, max_iter=300).fit(X, y)
+    coef, intercept = probe.coef_.astype(np.float64), probe.intercept_.astype(np.float64)
+    gap = _objective(coef, intercept, X64, y, 1.0) - _objective(ref.coef_, ref.intercept_, X64, y, 1.0)
+    assert 0 <= gap < 2e-5
+    np.testing.assert_array_equal(probe.predict(X), ref.predict(X64))
+    np.testing.assert_allclose(probe.predict_proba(X), ref.predict_proba(X64), atol=1e-2)
+
+
 @pytest.mark.parametrize("offset", [0.0, 100.0, 300.0, 1000.0])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_knn_probe_finds_scikit_learns_neighbours_far_from_the_origin(offset: float, metric: str) -> None:
