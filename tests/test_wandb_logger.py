@@ -199,3 +199,29 @@ def test_tensor_values_are_logged_as_numbers(tmp_path):
     logger.log_metrics({"x": torch.tensor(0.25)}, step=3)
     logger.finalize("success")
     assert _history(_records(tmp_path)[0]) == {"x": [(3, 0.25)]}
+
+
+def test_a_run_reopened_after_finalize_is_rewound_only_once(tmp_path, monkeypatch):
+    calls: list[dict] = []
+
+    class FakeRun:
+        id = "abc"
+
+        def log(self, *args, **kwargs):
+            pass
+
+        def finish(self, *args, **kwargs):
+            pass
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        return FakeRun()
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    logger = WandbLogger(project="p", save_dir=str(tmp_path))
+    logger.load_state_dict({"run_id": "abc", "step": 10})
+    logger.log_metrics({"loss": 1.0}, step=11)
+    logger.finalize("success")
+    logger.log_metrics({"loss": 0.5}, step=12)  # logging again reopens the run
+    assert calls[0]["resume_from"] == "abc?_step=10"
+    assert len(calls) == 1 or ("resume_from" not in calls[1] and calls[1]["id"] == "abc")
