@@ -76,6 +76,9 @@ class _LinearModel(BaseEstimator):
         check_is_fitted(self)
         features = as_features(X, self.dtype, where, allow_empty=self.sharded)
         check_n_features(features, self.n_features_in_, where)
+        bad = int((~torch.isfinite(features).all(dim=1)).sum())  # as scikit-learn: no prediction from NaN
+        if bad:
+            raise InputError(f"{where}: {bad} rows of the features contain NaN or infinity.")
         device = features.device
         weight, bias, center = self._weight.to(device), self._bias.to(device), self._center.to(device)
         out = features.new_empty(features.shape[0], weight.shape[0])

@@ -214,3 +214,15 @@ def test_ridge_estimator_api() -> None:
     X, y = _regression()
     with pytest.raises(InputError, match=r"y has shape \(299,\), but the predictions have shape \(300, 1\)"):
         RidgeProbe().fit(X, y).score(X, y[:-1])
+
+
+@pytest.mark.parametrize("probe", [LinearProbe(), RidgeProbe()])
+def test_predictions_from_non_finite_features_are_refused(probe):
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    probe.fit(X, np.arange(20) % 2)
+    bad = X[:4].copy()
+    bad[1, 2] = np.nan
+    bad[3, 0] = np.inf
+    for method in ("predict", "decision_function") if isinstance(probe, LinearProbe) else ("predict",):
+        with pytest.raises(InputError, match=r"2 rows of the features contain NaN or infinity"):
+            getattr(probe, method)(bad)
